@@ -1,0 +1,353 @@
+//! Why a request or a management call failed.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::header::HeaderError;
+use crate::key::{Environment, KeyFormatError, RandomnessError};
+use crate::record::TextError;
+use crate::store::StoreError;
+
+/// Where a key was found when it was not in the `Authorization` header.
+/// Such a key is never accepted; the hint says where to put it instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MisplacedKey {
+    /// In an `X-API-Key` (or similar) header.
+    Header,
+    /// In the URL's query string, where it ends up in logs.
+    Query,
+}
+
+/// Why a request was not authenticated.
+///
+/// Each variant maps to one row of the HTTP table: a stable machine-readable
+/// [`code`](AuthError::code), a [`status`](AuthError::status), the public
+/// [`message`](AuthError::message) (TrueMail's `{"error": …}`) and a
+/// [`hint`](AuthError::hint) telling the caller what to do. None of them,
+/// nor the `Display` text, ever contains the key that was sent.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tm_auth::{KeyManager, MemoryStore};
+///
+/// let manager = KeyManager::new(MemoryStore::new());
+/// let err = manager.verify("tm_live_nope", None).await.unwrap_err();
+/// assert_eq!(err.code(), "invalid_api_key");
+/// assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED);
+/// assert_eq!(err.message(), "Invalid API key");
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("no API key: the request has no Authorization header")]
+    MissingApiKey {
+        /// Where the key was sent instead, if it was.
+        misplaced: Option<MisplacedKey>,
+    },
+    /// The `Authorization` header is not `Bearer <token>`.
+    #[error("malformed Authorization header: {0}")]
+    MalformedHeader(#[from] HeaderError),
+    /// The token is not a well-formed key (prefix, length, characters, checksum).
+    #[error("invalid API key: {0}")]
+    InvalidFormat(#[from] KeyFormatError),
+    /// Well-formed, but no such key exists.
+    #[error("invalid API key: no such key")]
+    UnknownKey,
+    /// The key was revoked.
+    #[error("the API key was revoked")]
+    Revoked,
+    /// The key has expired.
+    #[error("the API key has expired")]
+    Expired,
+    /// A key of the other environment than the one required.
+    #[error("a {actual} key was sent where only {required} keys are accepted")]
+    WrongEnvironment {
+        /// The environment the deployment accepts.
+        required: Environment,
+        /// The key's environment.
+        actual: Environment,
+    },
+    /// The client IP is outside the key's allowlist, or unknown while the key has one.
+    #[error("the client IP is not in the key's allowlist")]
+    IpNotAllowed {
+        /// The client address, if it could be determined.
+        client_ip: Option<IpAddr>,
+    },
+    /// The key is over its rate limit.
+    #[error("the API key is over its rate limit")]
+    RateLimited {
+        /// How long until the key is let in again.
+        retry_after: Duration,
+    },
+    /// The key store failed or timed out. Requests fail closed.
+    #[error("the key store is unavailable: {0}")]
+    StoreUnavailable(#[source] StoreError),
+}
+
+/// What `Retry-After` says when the store is down: a few seconds.
+pub(crate) const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl AuthError {
+    /// The stable, machine-readable code, e.g. `"api_key_revoked"`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::MissingApiKey { .. } => "missing_api_key",
+            AuthError::MalformedHeader(_) => "malformed_authorization_header",
+            AuthError::InvalidFormat(_) | AuthError::UnknownKey => "invalid_api_key",
+            AuthError::Revoked => "api_key_revoked",
+            AuthError::Expired => "api_key_expired",
+            AuthError::WrongEnvironment { .. } => "wrong_environment",
+            AuthError::IpNotAllowed { .. } => "ip_not_allowed",
+            AuthError::RateLimited { .. } => "rate_limited",
+            AuthError::StoreUnavailable(_) => "key_store_unavailable",
+        }
+    }
+
+    /// The HTTP status: 401, 403, 429 or 503.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::IpNotAllowed { .. } => StatusCode::FORBIDDEN,
+            AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The public message, TrueMail's `error` field: deliberately the same
+    /// for every 401, so a caller cannot probe which keys exist.
+    pub fn message(&self) -> &'static str {
+        match self.status() {
+            StatusCode::FORBIDDEN => "IP address not allowed",
+            StatusCode::TOO_MANY_REQUESTS => "Rate limit exceeded",
+            StatusCode::SERVICE_UNAVAILABLE => "Service unavailable",
+            _ => "Invalid API key",
+        }
+    }
+
+    /// What the caller should do next. Never quotes the key.
+    pub fn hint(&self) -> Cow<'static, str> {
+        const SEND: &str = "Send: Authorization: Bearer tm_live_...";
+        match self {
+            AuthError::MissingApiKey { misplaced: None } => Cow::Borrowed(
+                "Send the API key in the Authorization header: Authorization: Bearer tm_live_... \
+                 (keys in an X-API-Key header or in the URL are not accepted).",
+            ),
+            AuthError::MissingApiKey {
+                misplaced: Some(MisplacedKey::Header),
+            } => Cow::Borrowed(
+                "The key was sent in an X-API-Key-style header, which is not accepted. \
+                 Send it in the Authorization header: Authorization: Bearer tm_live_...",
+            ),
+            AuthError::MissingApiKey {
+                misplaced: Some(MisplacedKey::Query),
+            } => Cow::Borrowed(
+                "The key was sent in the URL, which is not accepted: URLs end up in logs and \
+                 browser history, so consider rotating this key. \
+                 Send it in the Authorization header: Authorization: Bearer tm_live_...",
+            ),
+            AuthError::MalformedHeader(err) => Cow::Owned(format!("{} {SEND}", err.hint())),
+            AuthError::InvalidFormat(KeyFormatError::UnknownPrefix) => Cow::Borrowed(
+                "API keys start with tm_live_ or tm_test_. Check that you copied the whole key.",
+            ),
+            AuthError::InvalidFormat(KeyFormatError::Length { expected, actual }) => Cow::Owned(format!(
+                "An API key is {expected} characters long; this one has {actual}. \
+                 Check that you copied the whole key and nothing more."
+            )),
+            AuthError::InvalidFormat(KeyFormatError::InvalidCharacter { position }) => Cow::Owned(format!(
+                "After its prefix an API key has only the characters 0-9, A-Z and a-z; \
+                 position {position} holds another. Copy the key again."
+            )),
+            AuthError::InvalidFormat(_) => Cow::Borrowed(
+                "The key's checksum does not match: a character was changed or lost when the key \
+                 was copied. Copy it again, or create a new key.",
+            ),
+            AuthError::UnknownKey => Cow::Borrowed(
+                "No such API key. Use the key exactly as it was shown when it was created, \
+                 or create a new one.",
+            ),
+            AuthError::Revoked => Cow::Borrowed(
+                "This API key was revoked and can never be used again. Create a new key.",
+            ),
+            AuthError::Expired => Cow::Borrowed(
+                "This API key has expired (for example, the grace period after a rotation ended). \
+                 Use the key that replaced it, or create a new one.",
+            ),
+            AuthError::WrongEnvironment { required, actual } => Cow::Owned(format!(
+                "This server accepts {} keys only, and this is a {} key. \
+                 Keep production and development keys apart.",
+                required.prefix(),
+                actual.prefix()
+            )),
+            AuthError::IpNotAllowed { client_ip: Some(ip) } => Cow::Owned(format!(
+                "This key may only be used from the addresses in its IP restrictions, and the \
+                 request came from {ip}. Edit the key's IP restrictions or call from an allowed address."
+            )),
+            AuthError::IpNotAllowed { client_ip: None } => Cow::Borrowed(
+                "This key may only be used from the addresses in its IP restrictions, and the \
+                 server could not determine the request's address.",
+            ),
+            AuthError::RateLimited { retry_after } => Cow::Owned(format!(
+                "This key has made more requests than its limit allows. Retry after {} seconds.",
+                retry_after_secs(*retry_after)
+            )),
+            AuthError::StoreUnavailable(_) => Cow::Borrowed(
+                "The key store is not answering. Retry in a few seconds.",
+            ),
+        }
+    }
+
+    /// How long a client should wait before retrying, for 429 and 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AuthError::RateLimited { retry_after } => Some(*retry_after),
+            AuthError::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
+    /// Whether the error was about a real, stored key (it counts as a rejection of that key).
+    pub fn concerns_stored_key(&self) -> bool {
+        matches!(
+            self,
+            AuthError::Revoked
+                | AuthError::Expired
+                | AuthError::WrongEnvironment { .. }
+                | AuthError::IpNotAllowed { .. }
+                | AuthError::RateLimited { .. }
+        )
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1.
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// Why a management call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The key name was refused.
+    #[error("invalid key name: {0}")]
+    InvalidName(TextError),
+    /// The owner was refused.
+    #[error("invalid owner: {0}")]
+    InvalidOwner(TextError),
+    /// The IP allowlist has too many entries.
+    #[error("an IP allowlist holds at most {max} networks; {actual} were given")]
+    TooManyAllowedIps {
+        /// The limit.
+        max: usize,
+        /// What was given.
+        actual: usize,
+    },
+    /// No key has this id.
+    #[error("no key has this id")]
+    NotFound,
+    /// The key is revoked, so it cannot be updated or rotated.
+    #[error("the key is revoked; a revoked key cannot be changed or rotated: create a new one")]
+    Revoked,
+    /// The key has expired, so it cannot be rotated.
+    #[error("the key has expired; an expired key cannot be rotated: create a new one")]
+    Expired,
+    /// The store failed or timed out; nothing was changed.
+    #[error("key store error: {0}")]
+    Store(#[from] StoreError),
+    /// The OS random number generator failed; no key was created.
+    #[error(transparent)]
+    Randomness(#[from] RandomnessError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<AuthError> {
+        vec![
+            AuthError::MissingApiKey { misplaced: None },
+            AuthError::MissingApiKey {
+                misplaced: Some(MisplacedKey::Header),
+            },
+            AuthError::MissingApiKey {
+                misplaced: Some(MisplacedKey::Query),
+            },
+            AuthError::MalformedHeader(HeaderError::DoubleBearer),
+            AuthError::InvalidFormat(KeyFormatError::UnknownPrefix),
+            AuthError::InvalidFormat(KeyFormatError::Length {
+                expected: 40,
+                actual: 3,
+            }),
+            AuthError::InvalidFormat(KeyFormatError::InvalidCharacter { position: 9 }),
+            AuthError::InvalidFormat(KeyFormatError::Checksum),
+            AuthError::UnknownKey,
+            AuthError::Revoked,
+            AuthError::Expired,
+            AuthError::WrongEnvironment {
+                required: Environment::Live,
+                actual: Environment::Test,
+            },
+            AuthError::IpNotAllowed { client_ip: None },
+            AuthError::IpNotAllowed {
+                client_ip: Some("203.0.113.9".parse().unwrap()),
+            },
+            AuthError::RateLimited {
+                retry_after: Duration::from_millis(1500),
+            },
+            AuthError::StoreUnavailable(StoreError::Timeout),
+        ]
+    }
+
+    #[test]
+    fn table() {
+        let rows: Vec<(&str, u16, &str)> = all()
+            .iter()
+            .map(|e| (e.code(), e.status().as_u16(), e.message()))
+            .collect();
+        let expected = [
+            ("missing_api_key", 401, "Invalid API key"),
+            ("missing_api_key", 401, "Invalid API key"),
+            ("missing_api_key", 401, "Invalid API key"),
+            ("malformed_authorization_header", 401, "Invalid API key"),
+            ("invalid_api_key", 401, "Invalid API key"),
+            ("invalid_api_key", 401, "Invalid API key"),
+            ("invalid_api_key", 401, "Invalid API key"),
+            ("invalid_api_key", 401, "Invalid API key"),
+            ("invalid_api_key", 401, "Invalid API key"),
+            ("api_key_revoked", 401, "Invalid API key"),
+            ("api_key_expired", 401, "Invalid API key"),
+            ("wrong_environment", 401, "Invalid API key"),
+            ("ip_not_allowed", 403, "IP address not allowed"),
+            ("ip_not_allowed", 403, "IP address not allowed"),
+            ("rate_limited", 429, "Rate limit exceeded"),
+            ("key_store_unavailable", 503, "Service unavailable"),
+        ];
+        assert_eq!(rows, expected);
+    }
+
+    #[test]
+    fn every_error_has_a_hint() {
+        for err in all() {
+            assert!(!err.hint().is_empty(), "{err:?}");
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+        assert_eq!(
+            AuthError::StoreUnavailable(StoreError::Timeout).retry_after(),
+            Some(STORE_RETRY_AFTER)
+        );
+        assert_eq!(AuthError::Revoked.retry_after(), None);
+    }
+}

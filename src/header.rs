@@ -1,0 +1,394 @@
+//! Reading `Authorization: Bearer <token>`, and telling a caller exactly
+//! what is wrong with a header that is not.
+//!
+//! ```
+//! use tm_auth::header::{parse_bearer, HeaderError};
+//!
+//! assert_eq!(parse_bearer(b"  bearer   tm_live_abc "), Ok("tm_live_abc"));
+//! assert_eq!(parse_bearer(b"Bearer Bearer tm_live_abc"), Err(HeaderError::DoubleBearer));
+//! assert_eq!(parse_bearer(b"tm_live_abc"), Err(HeaderError::NoScheme));
+//! ```
+
+use http::header::{HeaderMap, AUTHORIZATION};
+use http::Uri;
+
+use crate::error::{AuthError, MisplacedKey};
+
+/// Longest `Authorization` value considered, in bytes.
+pub const MAX_HEADER_LEN: usize = 1024;
+
+/// A well-known scheme that is not `Bearer`, named in the hint.
+///
+/// Only recognised names are kept: an unknown "scheme" might be the start
+/// of a key, and a response never echoes what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OtherScheme {
+    /// `Basic`.
+    Basic,
+    /// `Token`.
+    Token,
+    /// `ApiKey`, `Api-Key` or `Key`.
+    ApiKey,
+    /// `Digest`.
+    Digest,
+    /// Anything else.
+    Unknown,
+}
+
+impl OtherScheme {
+    fn recognise(word: &str) -> OtherScheme {
+        const NAMES: [(&str, OtherScheme); 6] = [
+            ("basic", OtherScheme::Basic),
+            ("token", OtherScheme::Token),
+            ("apikey", OtherScheme::ApiKey),
+            ("api-key", OtherScheme::ApiKey),
+            ("key", OtherScheme::ApiKey),
+            ("digest", OtherScheme::Digest),
+        ];
+        let word = word.trim_end_matches(':');
+        NAMES
+            .iter()
+            .find(|(name, _)| word.eq_ignore_ascii_case(name))
+            .map_or(OtherScheme::Unknown, |&(_, scheme)| scheme)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OtherScheme::Basic => "Basic",
+            OtherScheme::Token => "Token",
+            OtherScheme::ApiKey => "ApiKey",
+            OtherScheme::Digest => "Digest",
+            OtherScheme::Unknown => "another",
+        }
+    }
+}
+
+/// What is wrong with an `Authorization` header. Never carries any of the
+/// header's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// More than one `Authorization` header line.
+    #[error("more than one Authorization header")]
+    MultipleHeaders,
+    /// Longer than [`MAX_HEADER_LEN`].
+    #[error("the Authorization header is longer than 1 KiB")]
+    TooLong,
+    /// A byte that is not visible ASCII or a space (a tab inside, a control
+    /// character, non-ASCII).
+    #[error("the Authorization header holds bytes that are not visible ASCII")]
+    NotVisibleAscii,
+    /// Empty, or only whitespace.
+    #[error("the Authorization header is empty")]
+    Empty,
+    /// A key with no scheme in front of it.
+    #[error("the Authorization header holds a key without the Bearer scheme")]
+    NoScheme,
+    /// A scheme other than Bearer.
+    #[error("the Authorization header uses the {} scheme instead of Bearer", .0.name())]
+    OtherScheme(OtherScheme),
+    /// `Bearer` run together with the key, e.g. `Bearertm_live_…` or `Bearer:tm_live_…`.
+    #[error("no space after Bearer")]
+    MissingSpace,
+    /// `Bearer` with nothing after it.
+    #[error("Bearer is not followed by a key")]
+    MissingToken,
+    /// `Bearer Bearer <key>`.
+    #[error("the header says Bearer twice")]
+    DoubleBearer,
+    /// Quotes around the key or the whole value.
+    #[error("the key is wrapped in quotes")]
+    Quoted,
+    /// Another word after the key.
+    #[error("there is an extra word after the key")]
+    ExtraWord,
+}
+
+impl HeaderError {
+    /// What to change, without the `Send: …` line the error response adds.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            HeaderError::MultipleHeaders => "The request has several Authorization headers; send exactly one.",
+            HeaderError::TooLong => "The Authorization header is over 1 KiB, far longer than a key.",
+            HeaderError::NotVisibleAscii => {
+                "The Authorization header holds a tab, a control character or a non-ASCII character, \
+                 often from copying the key out of a document or chat."
+            }
+            HeaderError::Empty => "The Authorization header is empty.",
+            HeaderError::NoScheme => "The header holds the key alone; put Bearer and a space before it.",
+            HeaderError::OtherScheme(OtherScheme::Basic) => {
+                "The header uses the Basic scheme; API keys use Bearer, with no username, password or base64."
+            }
+            HeaderError::OtherScheme(OtherScheme::Token) => "The header uses the Token scheme; API keys use Bearer.",
+            HeaderError::OtherScheme(OtherScheme::ApiKey) => "The header uses the ApiKey scheme; API keys use Bearer.",
+            HeaderError::OtherScheme(OtherScheme::Digest) => "The header uses the Digest scheme; API keys use Bearer.",
+            HeaderError::OtherScheme(OtherScheme::Unknown) => "The header uses a scheme other than Bearer.",
+            HeaderError::MissingSpace => "Put a space between Bearer and the key.",
+            HeaderError::MissingToken => "The header says Bearer but no key follows it.",
+            HeaderError::DoubleBearer => "The header says Bearer twice; say it once.",
+            HeaderError::Quoted => "Remove the quotes around the key.",
+            HeaderError::ExtraWord => "There is something after the key; send the key alone.",
+        }
+    }
+}
+
+fn is_key_prefixed(word: &str) -> bool {
+    word.starts_with("tm_live_") || word.starts_with("tm_test_")
+}
+
+fn is_quote(c: char) -> bool {
+    matches!(c, '"' | '\'' | '`' | '“' | '”' | '‘' | '’')
+}
+
+fn starts_with_bearer(word: &str) -> bool {
+    word.get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case("bearer"))
+}
+
+/// Parses one `Authorization` value as `Bearer <token>` and returns the
+/// token, borrowed from `value`.
+///
+/// Rules, in order: over 1 KiB is refused without being read; surrounding
+/// spaces and tabs are ignored; what is left must be visible ASCII or
+/// spaces; the scheme is case-insensitive; one or more spaces separate it
+/// from the token. Anything else is diagnosed as a [`HeaderError`].
+pub fn parse_bearer(value: &[u8]) -> Result<&str, HeaderError> {
+    if value.len() > MAX_HEADER_LEN {
+        return Err(HeaderError::TooLong);
+    }
+    let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value
+        .iter()
+        .position(|b| !is_blank(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_blank(b))
+        .map_or(start, |i| i + 1);
+    let trimmed = &value[start..end];
+    if trimmed.iter().any(|&b| !(b' '..=b'~').contains(&b)) {
+        return Err(HeaderError::NotVisibleAscii);
+    }
+    // All bytes are ASCII now, so this cannot fail.
+    let text = std::str::from_utf8(trimmed).map_err(|_| HeaderError::NotVisibleAscii)?;
+    let mut words = text.split(' ').filter(|w| !w.is_empty());
+    let Some(scheme) = words.next() else {
+        return Err(HeaderError::Empty);
+    };
+    if scheme.starts_with(is_quote) {
+        return Err(HeaderError::Quoted);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(if starts_with_bearer(scheme) {
+            HeaderError::MissingSpace
+        } else if is_key_prefixed(scheme) {
+            HeaderError::NoScheme
+        } else {
+            HeaderError::OtherScheme(OtherScheme::recognise(scheme))
+        });
+    }
+    let Some(token) = words.next() else {
+        return Err(HeaderError::MissingToken);
+    };
+    if starts_with_bearer(token) {
+        return Err(HeaderError::DoubleBearer);
+    }
+    if token.starts_with(is_quote) || token.ends_with(is_quote) {
+        return Err(HeaderError::Quoted);
+    }
+    if words.next().is_some() {
+        return Err(HeaderError::ExtraWord);
+    }
+    Ok(token)
+}
+
+/// The bearer token of a request, or why there is none.
+///
+/// With no `Authorization` header the error is
+/// [`AuthError::MissingApiKey`], noting whether the key was sent somewhere
+/// it is never accepted (an `X-API-Key`-style header, the query string).
+pub fn bearer_token<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a str, AuthError> {
+    let mut lines = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = lines.next() else {
+        return Err(AuthError::MissingApiKey {
+            misplaced: misplaced_key(headers, uri),
+        });
+    };
+    if lines.next().is_some() {
+        return Err(HeaderError::MultipleHeaders.into());
+    }
+    Ok(parse_bearer(value.as_bytes())?)
+}
+
+fn misplaced_key(headers: &HeaderMap, uri: &Uri) -> Option<MisplacedKey> {
+    const HEADERS: [&str; 5] = [
+        "x-api-key",
+        "api-key",
+        "apikey",
+        "x-auth-token",
+        "x-access-token",
+    ];
+    if HEADERS.iter().any(|name| headers.contains_key(*name)) {
+        return Some(MisplacedKey::Header);
+    }
+    let query = uri.query()?;
+    let named = query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or("");
+        [
+            "api_key",
+            "apikey",
+            "api-key",
+            "key",
+            "access_token",
+            "token",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+    });
+    (named || query.contains("tm_live_") || query.contains("tm_test_"))
+        .then_some(MisplacedKey::Query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG";
+
+    #[test]
+    fn accepts_the_bearer_form() {
+        for value in [
+            format!("Bearer {KEY}"),
+            format!("bearer {KEY}"),
+            format!("BEARER {KEY}"),
+            format!("Bearer    {KEY}"),
+            format!(" \tBearer {KEY} \t "),
+        ] {
+            assert_eq!(parse_bearer(value.as_bytes()), Ok(KEY), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn diagnoses_each_mistake() {
+        let cases: Vec<(String, HeaderError)> = vec![
+            (format!("Bearer Bearer {KEY}"), HeaderError::DoubleBearer),
+            (format!("bearer BEARER {KEY}"), HeaderError::DoubleBearer),
+            (format!("Bearer Bearer{KEY}"), HeaderError::DoubleBearer),
+            (format!("Bearer{KEY}"), HeaderError::MissingSpace),
+            (format!("Bearer:{KEY}"), HeaderError::MissingSpace),
+            (
+                format!("Basic {KEY}"),
+                HeaderError::OtherScheme(OtherScheme::Basic),
+            ),
+            (
+                format!("Token {KEY}"),
+                HeaderError::OtherScheme(OtherScheme::Token),
+            ),
+            (
+                format!("ApiKey {KEY}"),
+                HeaderError::OtherScheme(OtherScheme::ApiKey),
+            ),
+            (
+                format!("Api-Key: {KEY}"),
+                HeaderError::OtherScheme(OtherScheme::ApiKey),
+            ),
+            (
+                format!("Foo {KEY}"),
+                HeaderError::OtherScheme(OtherScheme::Unknown),
+            ),
+            (KEY.to_owned(), HeaderError::NoScheme),
+            (format!("{KEY} extra"), HeaderError::NoScheme),
+            (format!("Bearer \"{KEY}\""), HeaderError::Quoted),
+            (format!("Bearer '{KEY}'"), HeaderError::Quoted),
+            (format!("\"Bearer {KEY}\""), HeaderError::Quoted),
+            (format!("Bearer {KEY} extra"), HeaderError::ExtraWord),
+            (format!("Bearer\t{KEY}"), HeaderError::NotVisibleAscii),
+            (format!("Bearer {KEY}\u{a0}"), HeaderError::NotVisibleAscii),
+            ("Bearer".to_owned(), HeaderError::MissingToken),
+            ("Bearer   ".to_owned(), HeaderError::MissingToken),
+            ("".to_owned(), HeaderError::Empty),
+            (" \t ".to_owned(), HeaderError::Empty),
+            (format!("Bearer {}", "a".repeat(1100)), HeaderError::TooLong),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_bearer(value.as_bytes()), Err(expected), "{value:?}");
+            assert!(!expected.hint().is_empty());
+        }
+        // Control bytes, including NUL, are refused.
+        assert_eq!(
+            parse_bearer(b"Bearer tm\0live"),
+            Err(HeaderError::NotVisibleAscii)
+        );
+        assert_eq!(
+            parse_bearer(b"Bearer tm\x7flive"),
+            Err(HeaderError::NotVisibleAscii)
+        );
+    }
+
+    #[test]
+    fn exactly_1_kib_is_read() {
+        let value = format!("Bearer {}", "a".repeat(MAX_HEADER_LEN - 7));
+        assert_eq!(value.len(), MAX_HEADER_LEN);
+        assert!(parse_bearer(value.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn several_headers_are_malformed_whatever_they_hold() {
+        let mut headers = HeaderMap::new();
+        headers.append(AUTHORIZATION, format!("Bearer {KEY}").parse().unwrap());
+        headers.append(AUTHORIZATION, format!("Bearer {KEY}").parse().unwrap());
+        let err = bearer_token(&headers, &Uri::from_static("/")).unwrap_err();
+        assert!(matches!(
+            err,
+            AuthError::MalformedHeader(HeaderError::MultipleHeaders)
+        ));
+    }
+
+    #[test]
+    fn misplaced_keys_are_named_but_never_accepted() {
+        let uri = Uri::from_static("/v1/verify");
+        let mut headers = HeaderMap::new();
+        assert!(matches!(
+            bearer_token(&headers, &uri),
+            Err(AuthError::MissingApiKey { misplaced: None })
+        ));
+        headers.insert("x-api-key", KEY.parse().unwrap());
+        assert!(matches!(
+            bearer_token(&headers, &uri),
+            Err(AuthError::MissingApiKey {
+                misplaced: Some(MisplacedKey::Header)
+            })
+        ));
+        let query: Uri = format!("/v1/verify?api_key={KEY}").parse().unwrap();
+        assert!(matches!(
+            bearer_token(&HeaderMap::new(), &query),
+            Err(AuthError::MissingApiKey {
+                misplaced: Some(MisplacedKey::Query)
+            })
+        ));
+        let other: Uri = "/v1/verify?page=2".parse().unwrap();
+        assert!(matches!(
+            bearer_token(&HeaderMap::new(), &other),
+            Err(AuthError::MissingApiKey { misplaced: None })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(value in proptest::collection::vec(any::<u8>(), 0..1200)) {
+            if let Ok(token) = parse_bearer(&value) {
+                prop_assert!(!token.is_empty());
+                prop_assert!(token.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+
+        #[test]
+        fn the_token_is_returned_as_sent(token in "[!-~]{1,100}", spaces in 1usize..5) {
+            prop_assume!(!starts_with_bearer(&token) && !token.starts_with(is_quote) && !token.ends_with(is_quote));
+            let value = format!("Bearer{}{token}", " ".repeat(spaces));
+            prop_assert_eq!(parse_bearer(value.as_bytes()), Ok(token.as_str()));
+        }
+    }
+}

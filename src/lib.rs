@@ -1,0 +1,86 @@
+//! API-key authentication middleware for services built on
+//! [tower](https://docs.rs/tower) — axum, hyper, tonic.
+//!
+//! `tm-auth` gives an API provider a complete API-key model and wires it into
+//! any tower stack as one [`ApiKeyLayer`]:
+//!
+//! - **Keys** ([`TmKey`]): `tm_live_…` / `tm_test_…`, 40 characters, about
+//!   155 random bits and a CRC-32 checksum that catches typos before any
+//!   store is asked. Shown once at creation, stored only as a SHA-256
+//!   [`KeyHash`]; never printed by `Debug` or `Display`, compared in
+//!   constant time, zeroed on drop.
+//! - **Management** ([`KeyManager`]): many named keys per account, edits of
+//!   name and IP restrictions, revocation that works on the very next
+//!   request, rotation with a grace period.
+//! - **Storage** ([`KeyStore`]): the in-memory [`MemoryStore`], or your own.
+//! - **HTTP** ([`ApiKeyLayer`]): `Authorization: Bearer tm_live_…`, JSON
+//!   errors with a stable `code` and a `hint`, RFC 6750 `WWW-Authenticate`,
+//!   IP allowlists that honour only trusted proxies.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tm_auth::{ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey};
+//!
+//! let manager = KeyManager::new(MemoryStore::new());
+//! let created = manager
+//!     .create(NewKey::new("acct_42", "Production - Main Website"))
+//!     .await?;
+//! // Show this once; only its hash is stored.
+//! let secret = created.key.expose_secret();
+//! assert!(secret.starts_with("tm_live_"));
+//!
+//! let who = manager.verify(secret, None).await?;
+//! assert_eq!(who.environment(), Environment::Live);
+//!
+//! // Wrap any tower service (an axum Router, a hyper service, tonic):
+//! let layer = ApiKeyLayer::new(manager).trusted_proxies(["10.0.0.0/8".parse()?]);
+//! # let _ = layer;
+//! # Ok(()) }
+//! ```
+//!
+//! # Cargo features
+//!
+//! - `axum`: [`AuthenticatedKey`] as an axum extractor, and the client IP
+//!   read from axum's `ConnectInfo<SocketAddr>`.
+//! - `serde`: `Serialize`/`Deserialize` for ids, hints, environments and statuses.
+//!
+//! # What is guaranteed, and what is not
+//!
+//! - A key's secret never appears in a response, an error, a log line or a
+//!   `Debug` output of this crate. Hints show the prefix and the last four
+//!   characters, which are checksum characters.
+//! - Verification fails closed: a store error or timeout answers 503, never
+//!   2xx and never 401.
+//! - With [`MemoryStore`], a revocation is seen by every verification that
+//!   starts after [`KeyManager::revoke`] returns.
+//! - Management calls by id are not scoped to an owner; check
+//!   [`KeyRecord::owner`] before exposing them to key holders.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod clock;
+mod error;
+pub mod header;
+mod key;
+mod manager;
+pub mod middleware;
+mod record;
+pub mod store;
+
+pub use error::{AuthError, ManagerError, MisplacedKey};
+pub use header::HeaderError;
+pub use key::{
+    Environment, InvalidHint, KeyFormatError, KeyHash, KeyHint, RandomnessError, TmKey,
+    UnknownEnvironment, KEY_LEN,
+};
+pub use manager::{AuthenticatedKey, CreatedKey, KeyManager, VerifyOptions, DEFAULT_STORE_TIMEOUT};
+pub use middleware::{
+    ApiKeyLayer, ApiKeyService, ClientIpHeader, InvalidRealm, PeerAddr, Realm, ResponseBody,
+    ResponseFuture,
+};
+pub use record::{
+    InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_ALLOWED_IPS,
+    MAX_TEXT_LEN,
+};
+pub use store::{KeyStore, MemoryStore, StoreError};

@@ -1,0 +1,438 @@
+//! [`KeyManager`]: the one place where keys are created, edited, revoked,
+//! rotated and verified.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{AuthError, ManagerError};
+use crate::key::{Environment, KeyHint, TmKey};
+use crate::record::{
+    ip_allowed, validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
+    MAX_ALLOWED_IPS,
+};
+use crate::store::{KeyStore, StoreError, StoreUpdate};
+
+/// How long a store call may take before it counts as a failure, unless
+/// configured otherwise.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Creates, lists, edits, revokes, rotates and verifies keys over a
+/// [`KeyStore`].
+///
+/// Cheap to clone (clones share the store), `Send + Sync`. Store calls are
+/// bounded by a timeout ([`DEFAULT_STORE_TIMEOUT`] unless set with
+/// [`with_store_timeout`](KeyManager::with_store_timeout)); the timeout
+/// needs a Tokio runtime with its timer enabled, as `#[tokio::main]` sets up.
+///
+/// Calls by id are not scoped to an owner: a server that lets key holders
+/// call them must check [`KeyRecord::owner`] itself.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use tm_auth::{KeyManager, MemoryStore, NewKey};
+///
+/// let manager = KeyManager::new(MemoryStore::new());
+/// let created = manager.create(NewKey::new("acct_42", "Production - Main Website")).await?;
+/// println!("your key (shown once): {}", created.key.expose_secret());
+///
+/// let who = manager.verify(created.key.expose_secret(), None).await?;
+/// assert_eq!(who.owner(), "acct_42");
+///
+/// // Rotation: the old key keeps working for an hour.
+/// let rotated = manager.rotate(&created.record.id, Duration::from_secs(3600)).await?;
+/// assert!(manager.verify(rotated.key.expose_secret(), None).await.is_ok());
+///
+/// manager.revoke(&rotated.record.id).await?;
+/// let err = manager.verify(rotated.key.expose_secret(), None).await.unwrap_err();
+/// assert_eq!(err.code(), "api_key_revoked");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KeyManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    store_timeout: Duration,
+}
+
+/// A key just created: the key itself (shown once, never stored) and its record.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    /// The key. Show it to the holder now: it cannot be recovered later.
+    pub key: TmKey,
+    /// What the store keeps.
+    pub record: KeyRecord,
+}
+
+/// What [`KeyManager::verify_with`] checks besides the key itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    client_ip: Option<IpAddr>,
+    environment: Option<Environment>,
+    timeout: Option<Duration>,
+}
+
+impl VerifyOptions {
+    /// No client IP, any environment, the manager's store timeout.
+    pub fn new() -> VerifyOptions {
+        VerifyOptions::default()
+    }
+
+    /// The client's address, checked against the key's allowlist.
+    pub fn client_ip(mut self, ip: Option<IpAddr>) -> VerifyOptions {
+        self.client_ip = ip;
+        self
+    }
+
+    /// Accept keys of this environment only.
+    pub fn require_environment(mut self, environment: Environment) -> VerifyOptions {
+        self.environment = Some(environment);
+        self
+    }
+
+    /// Bound the store lookup by `timeout` instead of the manager's default.
+    pub fn store_timeout(mut self, timeout: Duration) -> VerifyOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Who called: what a verification returns and what the layer puts in the
+/// request's extensions for the inner service.
+///
+/// ```
+/// # use tm_auth::AuthenticatedKey;
+/// async fn handler(request: http::Request<()>) -> String {
+///     match request.extensions().get::<AuthenticatedKey>() {
+///         Some(who) => format!("hello {} ({})", who.owner(), who.name()),
+///         None => "not authenticated".into(),
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct AuthenticatedKey {
+    record: Arc<KeyRecord>,
+}
+
+impl AuthenticatedKey {
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        self.record.id
+    }
+
+    /// The account that owns the key.
+    pub fn owner(&self) -> &str {
+        &self.record.owner
+    }
+
+    /// The key's name.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// Live or test: a handler may act differently on test keys.
+    pub fn environment(&self) -> Environment {
+        self.record.environment
+    }
+
+    /// `tm_live_...abcd`, for logs a person reads.
+    pub fn hint(&self) -> KeyHint {
+        self.record.hint
+    }
+}
+
+impl fmt::Debug for AuthenticatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthenticatedKey")
+            .field("id", &self.record.id)
+            .field("owner", &self.record.owner)
+            .field("name", &self.record.name)
+            .field("environment", &self.record.environment)
+            .finish()
+    }
+}
+
+impl fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("store_timeout", &self.inner.store_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyManager {
+    /// A manager over `store`, with the system clock.
+    pub fn new(store: impl KeyStore) -> KeyManager {
+        // An `Arc<dyn KeyStore>` gets wrapped once more: one pointer hop per
+        // call, nothing next to the boxed future async-trait allocates.
+        let store: Arc<dyn KeyStore> = Arc::new(store);
+        KeyManager {
+            inner: Arc::new(Inner {
+                store,
+                clock: Arc::new(SystemClock),
+                store_timeout: DEFAULT_STORE_TIMEOUT,
+            }),
+        }
+    }
+
+    /// Uses `clock` to decide expiry and to stamp creation, revocation and
+    /// rotation times.
+    pub fn with_clock(self, clock: impl Clock) -> KeyManager {
+        KeyManager {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&self.inner.store),
+                clock: Arc::new(clock),
+                store_timeout: self.inner.store_timeout,
+            }),
+        }
+    }
+
+    /// Bounds every store call by `timeout`; a call that takes longer fails
+    /// with [`StoreError::Timeout`] (503 on the request path).
+    pub fn with_store_timeout(self, timeout: Duration) -> KeyManager {
+        KeyManager {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&self.inner.store),
+                clock: Arc::clone(&self.inner.clock),
+                store_timeout: timeout,
+            }),
+        }
+    }
+
+    /// The store this manager works on.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.inner.store
+    }
+
+    /// The manager's current time.
+    pub fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    async fn bounded<T>(
+        &self,
+        timeout: Option<Duration>,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        // Without a Tokio runtime there is no timer to race against.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return call.await;
+        }
+        let limit = timeout.unwrap_or(self.inner.store_timeout);
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+
+    /// Creates a key. The returned [`CreatedKey::key`] is the only time the
+    /// key is seen; the store keeps its hash.
+    pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManagerError> {
+        validate_owner(&new.owner).map_err(ManagerError::InvalidOwner)?;
+        let name = validate_name(&new.name).map_err(ManagerError::InvalidName)?;
+        check_allowlist(new.allowed_ips.len())?;
+        let key = TmKey::try_generate(new.environment)?;
+        let record = KeyRecord {
+            id: KeyId::try_generate()?,
+            owner: new.owner,
+            name,
+            environment: new.environment,
+            hint: key.hint(),
+            hash: key.hash(),
+            allowed_ips: new.allowed_ips,
+            created_at: self.now(),
+            expires_at: new.expires_at,
+            revoked_at: None,
+        };
+        self.bounded(None, self.inner.store.insert(record.clone()))
+            .await?;
+        tracing::info!(key_id = %record.id, owner = %record.owner, "API key created");
+        Ok(CreatedKey { key, record })
+    }
+
+    /// All of `owner`'s keys, oldest first, revoked ones included.
+    pub async fn list(&self, owner: &str) -> Result<Vec<KeyRecord>, ManagerError> {
+        Ok(self
+            .bounded(None, self.inner.store.list_by_owner(owner))
+            .await?)
+    }
+
+    /// The key with this id.
+    pub async fn get(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
+        self.bounded(None, self.inner.store.get(id))
+            .await?
+            .ok_or(ManagerError::NotFound)
+    }
+
+    /// Changes the name and/or IP allowlist. A revoked key cannot be changed.
+    pub async fn update(&self, id: &KeyId, update: KeyUpdate) -> Result<KeyRecord, ManagerError> {
+        let name = match &update.name {
+            Some(name) => Some(validate_name(name).map_err(ManagerError::InvalidName)?),
+            None => None,
+        };
+        if let Some(allowed) = &update.allowed_ips {
+            check_allowlist(allowed.len())?;
+        }
+        let change = StoreUpdate {
+            name,
+            allowed_ips: update.allowed_ips,
+            expires_at: None,
+        };
+        let record = self
+            .bounded(None, self.inner.store.update(id, &change))
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        if record.revoked_at.is_some() {
+            return Err(ManagerError::Revoked);
+        }
+        tracing::info!(key_id = %record.id, "API key updated");
+        Ok(record)
+    }
+
+    /// Revokes a key: immediately (the next verification fails), irreversibly
+    /// and idempotently (a second call returns the same `revoked_at`).
+    pub async fn revoke(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
+        let record = self
+            .bounded(None, self.inner.store.revoke(id, self.now()))
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        tracing::info!(key_id = %record.id, "API key revoked");
+        Ok(record)
+    }
+
+    /// Replaces a key: a new key with the same owner, name, environment,
+    /// allowlist and expiry, while the old one keeps working for `grace`
+    /// (until the earlier of its own expiry and now + `grace`; with
+    /// `Duration::ZERO` it stops at once).
+    ///
+    /// Either completes or leaves the old key as it was: a new key created
+    /// before a failure is revoked before the error is returned.
+    pub async fn rotate(&self, id: &KeyId, grace: Duration) -> Result<CreatedKey, ManagerError> {
+        let old = self.get(id).await?;
+        match old.status_at(self.now()) {
+            KeyStatus::Revoked => return Err(ManagerError::Revoked),
+            KeyStatus::Expired => return Err(ManagerError::Expired),
+            KeyStatus::Active => {}
+        }
+        let mut new = NewKey::new(old.owner.clone(), old.name.clone())
+            .environment(old.environment)
+            .allowed_ips(old.allowed_ips.iter().copied());
+        new.expires_at = old.expires_at;
+        let created = self.create(new).await?;
+        // A grace too long to represent leaves the old expiry as it is.
+        let Some(cutoff) = self.now().checked_add(grace) else {
+            return Ok(created);
+        };
+        let change = StoreUpdate {
+            expires_at: Some(cutoff),
+            ..StoreUpdate::default()
+        };
+        let outcome = match self
+            .bounded(None, self.inner.store.update(id, &change))
+            .await
+        {
+            Ok(Some(record)) if record.revoked_at.is_some() => Err(ManagerError::Revoked),
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ManagerError::NotFound),
+            Err(err) => Err(ManagerError::Store(err)),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(old_key_id = %id, new_key_id = %created.record.id, "API key rotated");
+                Ok(created)
+            }
+            Err(err) => {
+                self.abandon(&created.record.id).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Revokes a key that was created but never handed out.
+    async fn abandon(&self, id: &KeyId) {
+        if let Err(err) = self
+            .bounded(None, self.inner.store.revoke(id, self.now()))
+            .await
+        {
+            // Nobody holds this key's secret, so it cannot be used; say so loudly anyway.
+            tracing::error!(key_id = %id, error = %err, "could not revoke a key created by a failed rotation");
+        }
+    }
+
+    /// Verifies `secret` as a request would: format, lookup, revoked,
+    /// expired, then the client IP against the key's allowlist (`None`: the
+    /// address is unknown, which fails for a key that has an allowlist).
+    pub async fn verify(
+        &self,
+        secret: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        self.verify_with(secret, VerifyOptions::new().client_ip(client_ip))
+            .await
+    }
+
+    /// [`verify`](KeyManager::verify) with every option.
+    pub async fn verify_with(
+        &self,
+        secret: &str,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        let key = TmKey::parse(secret)?;
+        self.verify_key(&key, options).await
+    }
+
+    /// Verifies an already parsed key. Checks run in this order and the first
+    /// failure answers: lookup, revoked, expired, environment, client IP.
+    pub async fn verify_key(
+        &self,
+        key: &TmKey,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        let hash = key.hash();
+        let found = self
+            .bounded(options.timeout, self.inner.store.find_by_hash(&hash))
+            .await
+            .map_err(AuthError::StoreUnavailable)?;
+        // A store that answers with another key's record is treated as not
+        // having found one.
+        let record = found
+            .filter(|record| record.hash == hash)
+            .ok_or(AuthError::UnknownKey)?;
+        match record.status_at(self.now()) {
+            KeyStatus::Revoked => return Err(AuthError::Revoked),
+            KeyStatus::Expired => return Err(AuthError::Expired),
+            KeyStatus::Active => {}
+        }
+        if let Some(required) = options.environment {
+            if record.environment != required {
+                return Err(AuthError::WrongEnvironment {
+                    required,
+                    actual: record.environment,
+                });
+            }
+        }
+        if !ip_allowed(&record.allowed_ips, options.client_ip) {
+            return Err(AuthError::IpNotAllowed {
+                client_ip: options.client_ip,
+            });
+        }
+        Ok(AuthenticatedKey { record })
+    }
+}
+
+fn check_allowlist(len: usize) -> Result<(), ManagerError> {
+    if len > MAX_ALLOWED_IPS {
+        return Err(ManagerError::TooManyAllowedIps {
+            max: MAX_ALLOWED_IPS,
+            actual: len,
+        });
+    }
+    Ok(())
+}

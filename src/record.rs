@@ -1,0 +1,496 @@
+//! What a store keeps about a key, and the builders that create and edit it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use ipnetwork::IpNetwork;
+
+use crate::key::{Environment, KeyHash, KeyHint};
+
+/// The public identifier of a key: `key_` and 22 base62 characters
+/// (128 random bits).
+///
+/// Unlike the key itself, an id is not a secret: it names the key in
+/// management calls, logs and URLs.
+///
+/// ```
+/// use tm_auth::KeyId;
+///
+/// let id = KeyId::generate();
+/// let text = id.to_string();
+/// assert!(text.starts_with("key_"));
+/// assert_eq!(text.parse::<KeyId>().unwrap(), id);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(u128);
+
+const ID_PREFIX: &str = "key_";
+const ID_DIGITS: usize = 22;
+
+impl KeyId {
+    /// A fresh random id from the OS CSPRNG.
+    ///
+    /// # Panics
+    ///
+    /// If the OS random number generator fails; see [`KeyId::try_generate`].
+    pub fn generate() -> KeyId {
+        match KeyId::try_generate() {
+            Ok(id) => id,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// A fresh random id, reporting a failure of the OS random number generator.
+    pub fn try_generate() -> Result<KeyId, crate::key::RandomnessError> {
+        let mut bytes = [0u8; 16];
+        crate::key::fill_random(&mut bytes)?;
+        Ok(KeyId(u128::from_le_bytes(bytes)))
+    }
+
+    /// The id as a number, for stores that keep it in a binary column.
+    pub const fn as_u128(&self) -> u128 {
+        self.0
+    }
+
+    /// Rebuilds an id from [`as_u128`](KeyId::as_u128).
+    pub const fn from_u128(value: u128) -> KeyId {
+        KeyId(value)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut digits = [b'0'; ID_DIGITS];
+        let mut buf = [0u8; ID_DIGITS];
+        let len = base62::encode_bytes(self.0, &mut buf)
+            .unwrap_or(0)
+            .min(ID_DIGITS);
+        digits[ID_DIGITS - len..].copy_from_slice(&buf[..len]);
+        f.write_str(ID_PREFIX)?;
+        f.write_str(std::str::from_utf8(&digits).unwrap_or("?"))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A string is not a key id (`key_` and 22 base62 characters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a key id is key_ followed by 22 characters 0-9, A-Z, a-z")]
+pub struct InvalidKeyId;
+
+impl FromStr for KeyId {
+    type Err = InvalidKeyId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix(ID_PREFIX).ok_or(InvalidKeyId)?;
+        if digits.len() != ID_DIGITS || !digits.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(InvalidKeyId);
+        }
+        base62::decode(digits).map(KeyId).map_err(|_| InvalidKeyId)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a key stands at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum KeyStatus {
+    /// Accepted (subject to its IP restrictions).
+    Active,
+    /// Past its expiry, for example after a rotation's grace period.
+    Expired,
+    /// Revoked: refused forever.
+    Revoked,
+}
+
+/// Everything stored about a key. The key itself is not here: only its
+/// [`hash`](KeyRecord::hash) and [`hint`](KeyRecord::hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The key's public identifier.
+    pub id: KeyId,
+    /// The account the key belongs to.
+    pub owner: String,
+    /// The holder's description, e.g. "Production - Main Website".
+    pub name: String,
+    /// Live or test.
+    pub environment: Environment,
+    /// `tm_live_...abcd`, for lists.
+    pub hint: KeyHint,
+    /// SHA-256 of the key, the lookup column.
+    pub hash: KeyHash,
+    /// Networks the key may be used from; empty means anywhere.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// When the key was created.
+    pub created_at: SystemTime,
+    /// When the key stops working, if ever (`now >= expires_at` is expired).
+    pub expires_at: Option<SystemTime>,
+    /// When the key was revoked; once set, never cleared.
+    pub revoked_at: Option<SystemTime>,
+}
+
+impl KeyRecord {
+    /// The status now, by the system clock.
+    pub fn status(&self) -> KeyStatus {
+        self.status_at(SystemTime::now())
+    }
+
+    /// The status at `now`. Revocation wins over expiry.
+    pub fn status_at(&self, now: SystemTime) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.expires_at.is_some_and(|at| now >= at) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+
+    /// Whether `client_ip` may use this key. An empty allowlist admits any
+    /// address, even an unknown one; a non-empty one admits only a known
+    /// address inside one of its networks.
+    pub fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
+        ip_allowed(&self.allowed_ips, client_ip)
+    }
+}
+
+/// The allowlist rule in one place, shared by the manager and the layer.
+pub(crate) fn ip_allowed(allowed: &[IpNetwork], client_ip: Option<IpAddr>) -> bool {
+    allowed.is_empty() || client_ip.is_some_and(|ip| in_networks(allowed, ip))
+}
+
+/// Whether `ip` (normalised) is inside one of `networks`. A v4 address also
+/// matches a network written in IPv4-mapped IPv6 form.
+pub(crate) fn in_networks(networks: &[IpNetwork], ip: IpAddr) -> bool {
+    let ip = crate::middleware::client_ip::normalize(ip);
+    let mapped = match ip {
+        IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        IpAddr::V6(_) => None,
+    };
+    networks
+        .iter()
+        .any(|net| net.contains(ip) || mapped.is_some_and(|m| net.contains(m)))
+}
+
+/// Longest name or owner, in characters.
+pub const MAX_TEXT_LEN: usize = 100;
+/// Most networks one key's allowlist may hold.
+pub const MAX_ALLOWED_IPS: usize = 256;
+
+/// Why a name or owner was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextError {
+    /// Empty, or only whitespace.
+    #[error("it is empty; give it a descriptive value such as \"Production - Main Website\"")]
+    Empty,
+    /// Longer than [`MAX_TEXT_LEN`] characters.
+    #[error("it has {actual} characters; at most {max} are allowed")]
+    TooLong {
+        /// The limit.
+        max: usize,
+        /// What was given, after trimming.
+        actual: usize,
+    },
+    /// A control character or a bidirectional override, which could hide or
+    /// reorder text in a dashboard.
+    #[error("character {position} is a control character or a bidirectional override, which is not allowed")]
+    ForbiddenCharacter {
+        /// Index (in characters, after trimming) of the first such character.
+        position: usize,
+    },
+}
+
+fn is_bidi_override(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Trims a key name and checks it: non-empty, at most 100 characters, no
+/// control characters, no bidirectional overrides.
+pub(crate) fn validate_name(name: &str) -> Result<String, TextError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(TextError::Empty);
+    }
+    check_text(name, |c| c.is_control() || is_bidi_override(c))?;
+    Ok(name.to_owned())
+}
+
+/// Checks an owner id as given (not trimmed: it is an identifier, and
+/// `" acct"` silently becoming `"acct"` would merge two accounts).
+pub(crate) fn validate_owner(owner: &str) -> Result<(), TextError> {
+    if owner.is_empty() {
+        return Err(TextError::Empty);
+    }
+    check_text(owner, char::is_control)
+}
+
+fn check_text(text: &str, forbidden: impl Fn(char) -> bool) -> Result<(), TextError> {
+    let actual = text.chars().count();
+    if actual > MAX_TEXT_LEN {
+        return Err(TextError::TooLong {
+            max: MAX_TEXT_LEN,
+            actual,
+        });
+    }
+    match text.chars().position(forbidden) {
+        Some(position) => Err(TextError::ForbiddenCharacter { position }),
+        None => Ok(()),
+    }
+}
+
+/// What to create: owner and name are required, the rest has defaults
+/// (a live key, usable from any address, never expiring).
+///
+/// ```
+/// use tm_auth::{Environment, NewKey};
+///
+/// let new = NewKey::new("acct_42", "Development - Local Testing")
+///     .environment(Environment::Test)
+///     .allowed_ips(["127.0.0.1/32".parse().unwrap()]);
+/// # let _ = new;
+/// ```
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub(crate) owner: String,
+    pub(crate) name: String,
+    pub(crate) environment: Environment,
+    pub(crate) allowed_ips: Vec<IpNetwork>,
+    pub(crate) expires_at: Option<SystemTime>,
+}
+
+impl NewKey {
+    /// A live key named `name` for account `owner`.
+    pub fn new(owner: impl Into<String>, name: impl Into<String>) -> NewKey {
+        NewKey {
+            owner: owner.into(),
+            name: name.into(),
+            environment: Environment::Live,
+            allowed_ips: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    /// Live (the default) or test.
+    pub fn environment(mut self, environment: Environment) -> NewKey {
+        self.environment = environment;
+        self
+    }
+
+    /// Restricts the key to these networks (a single address is a /32 or /128).
+    pub fn allowed_ips(mut self, networks: impl IntoIterator<Item = IpNetwork>) -> NewKey {
+        self.allowed_ips = networks.into_iter().collect();
+        self
+    }
+
+    /// Makes the key stop working at `at`.
+    pub fn expires_at(mut self, at: SystemTime) -> NewKey {
+        self.expires_at = Some(at);
+        self
+    }
+}
+
+/// An edit a key holder may make: the name and/or the IP allowlist, nothing
+/// else. The key itself can never be seen or changed after creation.
+///
+/// ```
+/// use tm_auth::KeyUpdate;
+///
+/// let edit = KeyUpdate::new()
+///     .name("Development - CI")
+///     .allowed_ips(["203.0.113.0/24".parse().unwrap()]);
+/// # let _ = edit;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub(crate) name: Option<String>,
+    pub(crate) allowed_ips: Option<Vec<IpNetwork>>,
+}
+
+impl KeyUpdate {
+    /// An edit that changes nothing yet.
+    pub fn new() -> KeyUpdate {
+        KeyUpdate::default()
+    }
+
+    /// Renames the key.
+    pub fn name(mut self, name: impl Into<String>) -> KeyUpdate {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Replaces the allowlist; an empty list lifts the restriction.
+    pub fn allowed_ips(mut self, networks: impl IntoIterator<Item = IpNetwork>) -> KeyUpdate {
+        self.allowed_ips = Some(networks.into_iter().collect());
+        self
+    }
+
+    /// Whether the edit changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.allowed_ips.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_round_trip_and_are_fixed_width() {
+        for id in [KeyId(0), KeyId(1), KeyId(u128::MAX), KeyId::generate()] {
+            let text = id.to_string();
+            assert_eq!(text.len(), 4 + ID_DIGITS, "{text}");
+            assert_eq!(text.parse::<KeyId>(), Ok(id));
+            assert_eq!(format!("{id:?}"), text);
+        }
+        assert_ne!(KeyId::generate(), KeyId::generate());
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for bad in [
+            "",
+            "key_",
+            "kei_0000000000000000000001",
+            "key_000000000000000000001",
+            "key_00000000000000000000-1",
+            "key_zzzzzzzzzzzzzzzzzzzzzz", // more than 128 bits
+        ] {
+            assert_eq!(bad.parse::<KeyId>(), Err(InvalidKeyId), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_checked() {
+        assert_eq!(
+            validate_name("  Zapier Integration \t").unwrap(),
+            "Zapier Integration"
+        );
+        assert_eq!(validate_name(" \t "), Err(TextError::Empty));
+        assert_eq!(validate_name(&"n".repeat(100)).unwrap().len(), 100);
+        assert_eq!(
+            validate_name(&"é".repeat(101)),
+            Err(TextError::TooLong {
+                max: 100,
+                actual: 101
+            })
+        );
+        assert_eq!(
+            validate_name("a\u{7}b"),
+            Err(TextError::ForbiddenCharacter { position: 1 })
+        );
+        assert_eq!(
+            validate_name("evil\u{202E}txt.exe"),
+            Err(TextError::ForbiddenCharacter { position: 4 })
+        );
+        assert_eq!(
+            validate_name("x\u{2068}"),
+            Err(TextError::ForbiddenCharacter { position: 1 })
+        );
+        assert_eq!(
+            validate_name("Production – Main Website 🚀").unwrap(),
+            "Production – Main Website 🚀"
+        );
+    }
+
+    #[test]
+    fn owners_are_checked() {
+        assert_eq!(validate_owner(""), Err(TextError::Empty));
+        assert!(validate_owner("acct_42").is_ok());
+        assert!(matches!(
+            validate_owner(&"a".repeat(101)),
+            Err(TextError::TooLong { .. })
+        ));
+        assert!(matches!(
+            validate_owner("a\nb"),
+            Err(TextError::ForbiddenCharacter { .. })
+        ));
+    }
+
+    #[test]
+    fn status_order_and_expiry_boundary() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let mut record = KeyRecord {
+            id: KeyId(1),
+            owner: "o".into(),
+            name: "n".into(),
+            environment: Environment::Live,
+            hint: "tm_live_...abcd".parse().unwrap(),
+            hash: KeyHash::from_bytes([0; 32]),
+            allowed_ips: vec![],
+            created_at: now,
+            expires_at: Some(now),
+            revoked_at: None,
+        };
+        assert_eq!(
+            record.status_at(now),
+            KeyStatus::Expired,
+            "now >= expires_at is expired"
+        );
+        assert_eq!(
+            record.status_at(now - std::time::Duration::from_millis(1)),
+            KeyStatus::Active
+        );
+        record.revoked_at = Some(now);
+        assert_eq!(record.status_at(now), KeyStatus::Revoked);
+    }
+
+    #[test]
+    fn allowlists() {
+        let nets: Vec<IpNetwork> = vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(ip_allowed(&[], None));
+        assert!(ip_allowed(&[], ip("198.51.100.1")));
+        assert!(!ip_allowed(&nets, None));
+        assert!(ip_allowed(&nets, ip("203.0.113.7")));
+        assert!(ip_allowed(&nets, ip("::ffff:203.0.113.7")));
+        assert!(ip_allowed(&nets, ip("2001:db8::5")));
+        assert!(!ip_allowed(&nets, ip("198.51.100.1")));
+        assert!(!ip_allowed(&nets, ip("2001:db9::5")));
+        let mapped_net: Vec<IpNetwork> = vec!["::ffff:203.0.113.0/120".parse().unwrap()];
+        assert!(ip_allowed(&mapped_net, ip("203.0.113.7")));
+    }
+
+    proptest! {
+        #[test]
+        fn name_validation_never_panics(name in any::<String>()) {
+            if let Ok(valid) = validate_name(&name) {
+                prop_assert!(!valid.is_empty());
+                prop_assert!(valid.chars().count() <= MAX_TEXT_LEN);
+                prop_assert!(!valid.chars().any(|c| c.is_control()));
+            }
+        }
+
+        #[test]
+        fn key_id_parse_never_panics(text in "key_[0-9A-Za-z]{0,24}|.{0,30}") {
+            if let Ok(id) = text.parse::<KeyId>() {
+                prop_assert_eq!(id.to_string(), text);
+            }
+        }
+    }
+}
