@@ -1,0 +1,104 @@
+//! Shared by the integration tests: a store that fails, hangs or answers
+//! slowly on chosen calls.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tm_auth::store::{StoreUpdate, UsageDelta, UsageTotals};
+use tm_auth::{KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, StoreError};
+
+/// A store call, to choose where a fault strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Insert,
+    Find,
+    Get,
+    List,
+    Update,
+    Revoke,
+    RecordUsage,
+}
+
+/// What happens on that call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Fail,
+    Hang,
+    Slow(Duration),
+}
+
+/// Delegates to a `MemoryStore` unless a fault is set for the call.
+#[derive(Clone, Default)]
+pub struct FaultyStore {
+    pub inner: MemoryStore,
+    faults: Arc<Mutex<HashMap<Op, Fault>>>,
+}
+
+impl FaultyStore {
+    pub fn new() -> FaultyStore {
+        FaultyStore::default()
+    }
+
+    pub fn set(&self, op: Op, fault: Fault) {
+        self.faults.lock().unwrap().insert(op, fault);
+    }
+
+    pub fn clear(&self) {
+        self.faults.lock().unwrap().clear();
+    }
+
+    async fn gate(&self, op: Op) -> Result<(), StoreError> {
+        let fault = self.faults.lock().unwrap().get(&op).copied();
+        match fault {
+            None => Ok(()),
+            Some(Fault::Fail) => Err(StoreError::backend("injected failure")),
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Slow(by)) => {
+                tokio::time::sleep(by).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl KeyStore for FaultyStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.gate(Op::Insert).await?;
+        self.inner.insert(record).await
+    }
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.gate(Op::Find).await?;
+        self.inner.find_by_hash(hash).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.gate(Op::Get).await?;
+        self.inner.get(id).await
+    }
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.gate(Op::List).await?;
+        self.inner.list_by_owner(owner).await
+    }
+    async fn update(
+        &self,
+        id: &KeyId,
+        update: &StoreUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.gate(Op::Update).await?;
+        self.inner.update(id, update).await
+    }
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
+        self.gate(Op::Revoke).await?;
+        self.inner.revoke(id, at).await
+    }
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.gate(Op::RecordUsage).await?;
+        self.inner.record_usage(batch).await
+    }
+    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        self.inner.usage(id).await
+    }
+}
