@@ -84,3 +84,8 @@ pub use record::{
     MAX_TEXT_LEN,
 };
 pub use store::{KeyStore, MemoryStore, StoreError};
+
+/// The README's code blocks, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -315,3 +315,216 @@ impl<B, E> fmt::Debug for ResponseFuture<B, E> {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::task::Waker;
+
+    use async_trait::async_trait;
+    use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::key::KeyHash;
+    use crate::record::{KeyId, KeyRecord, NewKey};
+    use crate::store::{KeyStore, MemoryStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+
+    /// Fails every call: a request that gets a 401 from it was answered
+    /// without asking the store.
+    struct UnreachableStore;
+
+    fn unreachable<T>() -> Result<T, StoreError> {
+        Err(StoreError::backend("the store was called"))
+    }
+
+    #[async_trait]
+    impl KeyStore for UnreachableStore {
+        async fn insert(&self, _: KeyRecord) -> Result<(), StoreError> {
+            unreachable()
+        }
+        async fn find_by_hash(&self, _: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+            unreachable()
+        }
+        async fn get(&self, _: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            unreachable()
+        }
+        async fn list_by_owner(&self, _: &str) -> Result<Vec<KeyRecord>, StoreError> {
+            unreachable()
+        }
+        async fn update(
+            &self,
+            _: &KeyId,
+            _: &StoreUpdate,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            unreachable()
+        }
+        async fn revoke(
+            &self,
+            _: &KeyId,
+            _: std::time::SystemTime,
+        ) -> Result<Option<KeyRecord>, StoreError> {
+            unreachable()
+        }
+        async fn record_usage(&self, _: &[UsageDelta]) -> Result<(), StoreError> {
+            unreachable()
+        }
+        async fn usage(&self, _: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+            unreachable()
+        }
+    }
+
+    fn request(authorization: Option<&str>) -> Request<String> {
+        let mut builder = Request::get("/");
+        if let Some(value) = authorization {
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        builder.body(String::new()).unwrap()
+    }
+
+    fn echo_name() -> impl Service<
+        Request<String>,
+        Response = Response<String>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+    > + Clone {
+        service_fn(|req: Request<String>| async move {
+            let name = req
+                .extensions()
+                .get::<crate::AuthenticatedKey>()
+                .map(|w| w.name().to_owned());
+            Ok::<_, Infallible>(Response::new(name.unwrap_or_default()))
+        })
+    }
+
+    async fn json(response: Response<ResponseBody<String>>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn header_and_format_errors_never_reach_the_store() {
+        let layer = ApiKeyLayer::new(KeyManager::new(UnreachableStore));
+        let service = ServiceBuilder::new().layer(layer).service(echo_name());
+        for (value, code) in [
+            (None, "missing_api_key"),
+            (Some("Bearer Bearer x"), "malformed_authorization_header"),
+            (
+                Some("Bearer tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6"),
+                "invalid_api_key",
+            ),
+            (Some("Bearer tm_live_short"), "invalid_api_key"),
+        ] {
+            let response = service.clone().oneshot(request(value)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{value:?}");
+            assert_eq!(json(response).await["code"], code);
+        }
+        // A well-formed key does reach it, and the failure is a 503.
+        let key = TmKey::generate(Environment::Live);
+        let value = format!("Bearer {}", key.expose_secret());
+        let response = service.oneshot(request(Some(&value))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn header_rejections_are_ready_at_once() {
+        let layer = ApiKeyLayer::new(KeyManager::new(UnreachableStore));
+        let mut service = layer.layer(echo_name());
+        let mut future = std::pin::pin!(service.call(request(Some("Basic abc"))));
+        let mut cx = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
+            _ => panic!("a header rejection needs no async work"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_inner_service_sees_who_called() {
+        let manager = KeyManager::new(MemoryStore::new());
+        let created = manager
+            .create(NewKey::new("acct", "Zapier Integration"))
+            .await
+            .unwrap();
+        let service = ApiKeyLayer::new(manager).layer(echo_name());
+        let value = format!("Bearer {}", created.key.expose_secret());
+        let response = service.oneshot(request(Some(&value))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "Zapier Integration");
+    }
+
+    #[tokio::test]
+    async fn the_realm_is_configurable_and_checked() {
+        let layer = ApiKeyLayer::new(KeyManager::new(MemoryStore::new())).realm("TrueMail API");
+        let response = layer
+            .layer(echo_name())
+            .oneshot(request(None))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"TrueMail API\""
+        );
+        let layer = ApiKeyLayer::new(KeyManager::new(MemoryStore::new()));
+        assert!(layer.clone().try_realm("bad\"realm").is_err());
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| layer.realm("bad\\realm")));
+        assert!(panicked.is_err());
+    }
+
+    #[tokio::test]
+    async fn poll_ready_and_errors_come_from_the_inner_service() {
+        #[derive(Clone)]
+        struct NeverReady;
+        impl Service<Request<String>> for NeverReady {
+            type Response = Response<String>;
+            type Error = &'static str;
+            type Future = std::future::Ready<Result<Response<String>, &'static str>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Err("inner not ready"))
+            }
+            fn call(&mut self, _: Request<String>) -> Self::Future {
+                std::future::ready(Err("inner failed"))
+            }
+        }
+        let manager = KeyManager::new(MemoryStore::new());
+        let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+        let mut service = ApiKeyLayer::new(manager).layer(NeverReady);
+        assert_eq!(service.ready().await.err(), Some("inner not ready"));
+        let value = format!("Bearer {}", created.key.expose_secret());
+        assert_eq!(
+            service.call(request(Some(&value))).await.err(),
+            Some("inner failed")
+        );
+    }
+
+    #[tokio::test]
+    async fn builder_settings_are_kept_per_layer() {
+        let manager = KeyManager::new(MemoryStore::new());
+        let test_key = manager
+            .create(NewKey::new("acct", "Dev").environment(Environment::Test))
+            .await
+            .unwrap();
+        let base = ApiKeyLayer::new(manager);
+        let live_only = base.clone().require_environment(Environment::Live);
+        let value = format!("Bearer {}", test_key.key.expose_secret());
+        let ok = base
+            .layer(echo_name())
+            .oneshot(request(Some(&value)))
+            .await
+            .unwrap();
+        assert_eq!(
+            ok.status(),
+            StatusCode::OK,
+            "configuring a clone leaves the original alone"
+        );
+        let refused = live_only
+            .layer(echo_name())
+            .oneshot(request(Some(&value)))
+            .await
+            .unwrap();
+        assert_eq!(json(refused).await["code"], "wrong_environment");
+    }
+}

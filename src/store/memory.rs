@@ -160,3 +160,190 @@ impl KeyStore for MemoryStore {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::key::{Environment, TmKey};
+    use crate::store::{Rejections, UsageDelta};
+
+    fn record(owner: &str) -> KeyRecord {
+        let key = TmKey::generate(Environment::Live);
+        KeyRecord {
+            id: KeyId::generate(),
+            owner: owner.to_owned(),
+            name: "Main".to_owned(),
+            environment: Environment::Live,
+            hint: key.hint(),
+            hash: key.hash(),
+            allowed_ips: Vec::new(),
+            created_at: SystemTime::UNIX_EPOCH,
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[tokio::test]
+    async fn duplicate_ids_or_hashes_conflict() {
+        let store = MemoryStore::new();
+        let first = record("a");
+        store.insert(first.clone()).await.unwrap();
+        let same_id = KeyRecord {
+            hash: record("a").hash,
+            ..first.clone()
+        };
+        assert!(matches!(
+            store.insert(same_id).await,
+            Err(StoreError::Conflict)
+        ));
+        let same_hash = KeyRecord {
+            id: KeyId::generate(),
+            ..first.clone()
+        };
+        assert!(matches!(
+            store.insert(same_hash).await,
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.list_by_owner("a").await.unwrap(), vec![first]);
+    }
+
+    #[tokio::test]
+    async fn lists_keep_insertion_order_per_owner() {
+        let store = MemoryStore::new();
+        let mut expected = Vec::new();
+        for i in 0..20 {
+            let r = record(if i % 2 == 0 { "even" } else { "odd" });
+            if i % 2 == 0 {
+                expected.push(r.id);
+            }
+            store.insert(r).await.unwrap();
+        }
+        let listed: Vec<KeyId> = store
+            .list_by_owner("even")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, expected);
+        assert!(store.list_by_owner("nobody").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn updates_never_weaken_a_key() {
+        let store = MemoryStore::new();
+        let r = record("a");
+        store.insert(r.clone()).await.unwrap();
+        let expire = |secs| StoreUpdate {
+            expires_at: Some(at(secs)),
+            ..StoreUpdate::default()
+        };
+        assert_eq!(
+            store
+                .update(&r.id, &expire(100))
+                .await
+                .unwrap()
+                .unwrap()
+                .expires_at,
+            Some(at(100))
+        );
+        // Later expiries are ignored; earlier ones apply.
+        assert_eq!(
+            store
+                .update(&r.id, &expire(200))
+                .await
+                .unwrap()
+                .unwrap()
+                .expires_at,
+            Some(at(100))
+        );
+        assert_eq!(
+            store
+                .update(&r.id, &expire(50))
+                .await
+                .unwrap()
+                .unwrap()
+                .expires_at,
+            Some(at(50))
+        );
+        // Revocation is kept at its first time and freezes the record.
+        let revoked = store.revoke(&r.id, at(10)).await.unwrap().unwrap();
+        assert_eq!(revoked.revoked_at, Some(at(10)));
+        assert_eq!(
+            store
+                .revoke(&r.id, at(20))
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at,
+            Some(at(10))
+        );
+        let rename = StoreUpdate {
+            name: Some("Renamed".into()),
+            ..StoreUpdate::default()
+        };
+        let after = store.update(&r.id, &rename).await.unwrap().unwrap();
+        assert_eq!(after.name, "Main");
+        assert_eq!(after.revoked_at, Some(at(10)));
+        // The verification path sees the revocation.
+        let found = store.find_by_hash(&r.hash).await.unwrap().unwrap();
+        assert_eq!(found.revoked_at, Some(at(10)));
+        // Unknown ids.
+        assert!(store
+            .update(&KeyId::generate(), &rename)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .revoke(&KeyId::generate(), at(1))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn usage_batches_add_up() {
+        let store = MemoryStore::new();
+        let r = record("a");
+        store.insert(r.clone()).await.unwrap();
+        assert_eq!(
+            store.usage(&r.id).await.unwrap(),
+            Some(UsageTotals::default())
+        );
+        let mut first = UsageDelta::new(r.id);
+        first.requests = 3;
+        first.last_used_at = Some(at(20));
+        first.last_used_ip = Some("203.0.113.1".parse().unwrap());
+        let mut older = UsageDelta::new(r.id);
+        older.requests = 2;
+        older.rejected = Rejections {
+            revoked: 1,
+            ip_not_allowed: 2,
+            ..Rejections::default()
+        };
+        older.last_used_at = Some(at(10));
+        older.last_used_ip = Some("203.0.113.2".parse().unwrap());
+        let unknown = UsageDelta::new(KeyId::generate());
+        store
+            .record_usage(&[first, older, unknown.clone()])
+            .await
+            .unwrap();
+        let totals = store.usage(&r.id).await.unwrap().unwrap();
+        assert_eq!(totals.requests, 5);
+        assert_eq!(totals.rejected.total(), 3);
+        assert_eq!(
+            totals.last_used_at,
+            Some(at(20)),
+            "the latest use wins, whatever the order"
+        );
+        assert_eq!(totals.last_used_ip, Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(store.usage(&unknown.id).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,217 @@
+//! Everything the crate logs at TRACE, and every `Debug`/`Display` of its
+//! public types, during a full scenario: no key's random part appears.
+
+mod support;
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use support::{Fault, FaultyStore, Op};
+use tm_auth::clock::ManualClock;
+use tm_auth::{
+    ApiKeyLayer, AuthenticatedKey, Environment, KeyManager, KeyUpdate, NewKey, PeerAddr, TmKey,
+};
+use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn call(layer: &ApiKeyLayer, authorization: Option<String>, forwarded: Option<&str>) -> u16 {
+    let service = ServiceBuilder::new().layer(layer.clone()).service_fn(
+        |req: Request<Full<Bytes>>| async move {
+            let who = req.extensions().get::<AuthenticatedKey>().cloned();
+            tracing::info!(?who, "handler called");
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        },
+    );
+    let mut request = Request::post("/v1/verify");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    if let Some(value) = forwarded {
+        request = request.header("x-forwarded-for", value);
+    }
+    let mut request = request.body(Full::new(Bytes::new())).unwrap();
+    request
+        .extensions_mut()
+        .insert(PeerAddr(SocketAddr::from(([10, 0, 0, 1], 5000))));
+    let span = tracing::info_span!("request", key_id = tracing::field::Empty);
+    let response = service.oneshot(request).instrument(span).await.unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn no_key_appears_in_logs_or_debug_output() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let clock = ManualClock::new(SystemTime::now());
+    let store = FaultyStore::new();
+    let manager = KeyManager::new(store.clone()).with_clock(clock.clone());
+    let layer = ApiKeyLayer::new(manager.clone()).trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
+    let live_only = ApiKeyLayer::new(manager.clone()).require_environment(Environment::Live);
+
+    let live = manager
+        .create(NewKey::new("acct", "Production"))
+        .await
+        .unwrap();
+    let test = manager
+        .create(NewKey::new("acct", "Development").environment(Environment::Test))
+        .await
+        .unwrap();
+    let restricted = manager
+        .create(NewKey::new("acct", "Office").allowed_ips(["203.0.113.0/24".parse().unwrap()]))
+        .await
+        .unwrap();
+    let mut secrets: Vec<TmKey> = vec![live.key.clone(), test.key.clone(), restricted.key.clone()];
+    let mut debug_output = Vec::new();
+
+    let s = live.key.expose_secret().to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(call(&layer, Some(format!("Bearer {s}")), None).await);
+    }
+    // Every error path.
+    let mut typo = s.clone();
+    typo.replace_range(20..21, if &s[20..21] == "a" { "b" } else { "a" });
+    for value in [
+        None,
+        Some(format!("Bearer Bearer {s}")),
+        Some(format!("Bearer{s}")),
+        Some(format!("Basic {s}")),
+        Some(s.clone()),
+        Some(format!("Bearer \"{s}\"")),
+        Some(format!("Bearer {s} {s}")),
+        Some(format!("Bearer {s}{}", "x".repeat(2000))),
+        Some(format!("Bearer {typo}")),
+        Some(format!("Bearer {}", &s[..30])),
+        Some(format!(
+            "Bearer {}",
+            TmKey::generate(Environment::Live).expose_secret()
+        )),
+    ] {
+        statuses.push(call(&layer, value, None).await);
+    }
+    statuses.push(
+        call(
+            &live_only,
+            Some(format!("Bearer {}", test.key.expose_secret())),
+            None,
+        )
+        .await,
+    );
+    let r = restricted.key.expose_secret().to_owned();
+    statuses.push(call(&layer, Some(format!("Bearer {r}")), None).await);
+    statuses.push(call(&layer, Some(format!("Bearer {r}")), Some("203.0.113.5")).await);
+    statuses.push(call(&layer, Some(format!("Bearer {r}")), Some("garbage")).await);
+    store.set(Op::Find, Fault::Fail);
+    statuses.push(call(&layer, Some(format!("Bearer {s}")), None).await);
+    store.clear();
+
+    // Edit, rotate, expire, revoke.
+    manager
+        .update(&live.record.id, KeyUpdate::new().name("Production - Main"))
+        .await
+        .unwrap();
+    let rotated = manager
+        .rotate(&live.record.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    secrets.push(rotated.key.clone());
+    clock.advance(Duration::from_secs(2));
+    statuses.push(call(&layer, Some(format!("Bearer {s}")), None).await);
+    let revoked = manager.revoke(&rotated.record.id).await.unwrap();
+    statuses.push(
+        call(
+            &layer,
+            Some(format!("Bearer {}", rotated.key.expose_secret())),
+            None,
+        )
+        .await,
+    );
+    store.set(Op::Update, Fault::Fail);
+    let failed_rotation = manager
+        .rotate(&test.record.id, Duration::ZERO)
+        .await
+        .unwrap_err();
+    store.clear();
+
+    // Every public type's Debug and Display.
+    let who = manager
+        .verify(test.key.expose_secret(), None)
+        .await
+        .unwrap();
+    let errors: Vec<tm_auth::AuthError> = vec![
+        manager.verify(&s, None).await.unwrap_err(),
+        manager.verify(&typo, None).await.unwrap_err(),
+        manager.verify(&format!("{s}x"), None).await.unwrap_err(),
+        manager.verify(&r, None).await.unwrap_err(),
+    ];
+    for err in &errors {
+        debug_output.push(format!("{err:?} {err} {}", err.hint()));
+    }
+    debug_output.push(format!("{failed_rotation:?} {failed_rotation}"));
+    for key in &secrets {
+        debug_output.push(format!("{key:?} {key} {:?} {}", key.hint(), key.hint()));
+        debug_output.push(format!("{:?}", key.hash()));
+    }
+    debug_output.push(format!("{live:?} {test:?} {rotated:?} {revoked:?} {who:?}"));
+    debug_output.push(format!(
+        "{manager:?} {layer:?} {store:?}",
+        store = store.inner
+    ));
+    debug_output.push(format!("{:?}", manager.list("acct").await.unwrap()));
+
+    drop(_guard);
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // The capture works and saw the scenario, so the test below can fail.
+    assert!(logs.contains("API key accepted"), "{logs}");
+    assert!(logs.contains("API key rejected"));
+    assert!(logs.contains("API key revoked"));
+    assert!(
+        logs.contains(&format!("key_id={}", live.record.id)),
+        "the key id is recorded on the request span"
+    );
+    assert!(
+        statuses.contains(&200)
+            && statuses.contains(&401)
+            && statuses.contains(&403)
+            && statuses.contains(&503)
+    );
+
+    let everything = format!("{logs}\n{}", debug_output.join("\n"));
+    for key in &secrets {
+        let secret = key.expose_secret();
+        // The random part, and any 8 consecutive characters of it.
+        for window in secret.as_bytes()[8..34].windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(
+                !everything.contains(window),
+                "{window} of a key appears in:\n{everything}"
+            );
+        }
+    }
+}
