@@ -178,6 +178,11 @@ fn checksum_chars(checksummed: &[u8]) -> [u8; CHECKSUM_LEN] {
 /// - the memory is zeroed when the key is dropped;
 /// - [`expose_secret`](TmKey::expose_secret) is the only way to read it.
 ///
+/// Not covered: copies of the bytes a move may leave on the stack (Rust
+/// moves are plain copies), the string a key was parsed from (it belongs
+/// to the caller, e.g. a request header), and anything your code does with
+/// the text `expose_secret` returns.
+///
 /// ```
 /// use tm_auth::{Environment, TmKey};
 ///

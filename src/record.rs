@@ -126,6 +126,19 @@ pub enum KeyStatus {
 
 /// Everything stored about a key. The key itself is not here: only its
 /// [`hash`](KeyRecord::hash) and [`hint`](KeyRecord::hint).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tm_auth::{KeyManager, KeyStatus, MemoryStore, NewKey};
+///
+/// let manager = KeyManager::new(MemoryStore::new());
+/// let created = manager.create(NewKey::new("acct_42", "Zapier Integration")).await.unwrap();
+/// let record = manager.get(&created.record.id).await.unwrap();
+/// assert_eq!(record.hint, created.key.hint());
+/// assert_eq!(record.status(), KeyStatus::Active);
+/// assert!(record.allows_ip(None), "no allowlist: any address, even an unknown one");
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
     /// The key's public identifier.
@@ -474,6 +487,22 @@ mod tests {
         assert!(!ip_allowed(&nets, ip("2001:db9::5")));
         let mapped_net: Vec<IpNetwork> = vec!["::ffff:203.0.113.0/120".parse().unwrap()];
         assert!(ip_allowed(&mapped_net, ip("203.0.113.7")));
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_uses_the_text_forms() {
+        let id = KeyId::generate();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<KeyId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<KeyId>("\"key_nope\"").is_err());
+        let hint: KeyHint = "tm_test_...ab12".parse().unwrap();
+        let json = serde_json::to_string(&hint).unwrap();
+        assert_eq!(json, "\"tm_test_...ab12\"");
+        assert_eq!(serde_json::from_str::<KeyHint>(&json).unwrap(), hint);
+        assert_eq!(serde_json::to_string(&Environment::Live).unwrap(), "\"live\"");
+        assert_eq!(serde_json::to_string(&KeyStatus::Revoked).unwrap(), "\"revoked\"");
     }
 
     proptest! {
