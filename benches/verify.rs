@@ -1,23 +1,140 @@
-//! What authentication costs: key generation, parsing, and verification on
-//! the in-memory store, directly and through the layer.
+//! What authentication costs, side by side with the references.
 //!
 //! ```text
 //! cargo bench --bench verify
 //! ```
+//!
+//! Groups:
+//! - `key`: generation and parsing (valid, bad checksum, wrong length).
+//! - `lookup/{1k,100k,1m}`: `KeyManager::verify` on `MemoryStore`, and the
+//!   floor — SHA-256 of the 40-byte key plus one lookup in a
+//!   `HashMap<[u8; 32], _>` of the same size. Each iteration draws a random
+//!   key of the store, on both sides.
+//! - `layer/1m`: the floor again (for ratios within one run), and one
+//!   request through `tower::ServiceExt::oneshot` — the bare
+//!   inner service; `ApiKeyLayer` with a valid, unknown, bad-checksum and
+//!   revoked key; a hand-rolled `AsyncRequireAuthorizationLayer` looking the
+//!   raw key up in a `HashMap<String, _>`; tower-http's deprecated
+//!   `ValidateRequestHeaderLayer::bearer` with one token.
+//!
+//! `BENCHMARKS.md` turns these figures into the targets' ratios.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
+use sha2::{Digest, Sha256};
 use tm_auth::{ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey, TmKey};
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::auth::AsyncRequireAuthorizationLayer;
 
 const VALID: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG";
 const BAD_CHECKSUM: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6";
 const WRONG_LENGTH: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3";
+
+/// A cheap PRNG, for shuffling.
+struct Pick(u64);
+
+impl Pick {
+    fn next(&mut self, len: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % len as u64) as usize
+    }
+}
+
+/// The keys to draw, each with the index of the next one: a single random
+/// cycle through all of them (Sattolo's shuffle), stored contiguously.
+///
+/// The next key depends on the previous iteration's *result* (through an
+/// AND with a zero the compiler cannot see), so each lookup waits on the
+/// last, on every side. Without that, a short loop like the floor's lets
+/// the CPU overlap one iteration's cache misses with the next one's, which
+/// no request handler can do, and the sides would not count misses alike.
+struct Chain {
+    entries: Vec<([u8; 40], u32)>,
+    at: usize,
+    zero: u64,
+}
+
+impl Chain {
+    fn new(secrets: &[String]) -> Chain {
+        let n = secrets.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut pick = Pick(0x9E37_79B9_7F4A_7C15);
+        for i in (1..n).rev() {
+            order.swap(i, pick.next(i));
+        }
+        let mut entries = vec![([0u8; 40], 0u32); n];
+        for (i, secret) in secrets.iter().enumerate() {
+            let bytes = secret.as_bytes();
+            let len = bytes.len().min(40);
+            entries[i].0[..len].copy_from_slice(&bytes[..len]);
+            entries[i].1 = order[i] as u32;
+        }
+        Chain {
+            entries,
+            at: 0,
+            zero: black_box(0),
+        }
+    }
+
+    /// The next key; `feedback` is anything computed from the previous result.
+    fn next(&mut self, feedback: u64) -> &str {
+        let (key, next) = &self.entries[self.at ^ (feedback & self.zero) as usize];
+        self.at = *next as usize;
+        std::str::from_utf8(key)
+            .unwrap_or("")
+            .trim_end_matches('\0')
+    }
+}
+
+/// A store of `n` keys, with their secrets.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    manager: KeyManager,
+    secrets: Vec<String>,
+    floor: HashMap<[u8; 32], u32>,
+}
+
+fn fixture(n: usize) -> Fixture {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let manager = KeyManager::new(MemoryStore::new());
+    let secrets: Vec<String> = runtime.block_on(async {
+        let mut secrets = Vec::with_capacity(n);
+        for i in 0..n {
+            let new = NewKey::new(
+                format!("acct_{:07}", i / 10),
+                format!("Production - Website {i:04}"),
+            );
+            let created = manager.create(new).await.unwrap();
+            secrets.push(created.key.expose_secret().to_owned());
+        }
+        secrets
+    });
+    let floor = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (Sha256::digest(s.as_bytes()).into(), i as u32))
+        .collect();
+    Fixture {
+        runtime,
+        manager,
+        secrets,
+        floor,
+    }
+}
 
 fn keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("key");
@@ -31,63 +148,230 @@ fn keys(c: &mut Criterion) {
     group.bench_function("parse/wrong_length", |b| {
         b.iter(|| TmKey::parse(black_box(WRONG_LENGTH)))
     });
-    group.bench_function("hash", |b| {
-        let key = TmKey::parse(VALID).unwrap();
-        b.iter(|| black_box(&key).hash())
-    });
     group.finish();
 }
 
-fn verify(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let manager = KeyManager::new(MemoryStore::new());
-    let secrets: Vec<String> = runtime.block_on(async {
-        let mut secrets = Vec::new();
-        for i in 0..1_000 {
-            let created = manager
-                .create(NewKey::new("acct", format!("Key {i}")))
-                .await
-                .unwrap();
-            secrets.push(created.key.expose_secret().to_owned());
-        }
-        secrets
-    });
-    let mut group = c.benchmark_group("verify_1k");
-    let mut i = 0;
-    group.bench_function("manager/valid", |b| {
-        b.to_async(&runtime).iter(|| {
-            i = (i + 1) % secrets.len();
-            let secret = &secrets[i];
-            let manager = &manager;
-            async move { manager.verify(secret, None).await.is_ok() }
-        })
-    });
-    let service = ApiKeyLayer::new(manager.clone()).layer(tower::service_fn(
-        |_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-        },
-    ));
-    for (name, value) in [
-        ("layer/valid", format!("Bearer {}", secrets[0])),
-        ("layer/bad_checksum", format!("Bearer {BAD_CHECKSUM}")),
-        ("layer/missing_space", format!("Bearer{}", secrets[0])),
-    ] {
-        group.bench_function(name, |b| {
-            b.to_async(&runtime).iter(|| {
-                let request = Request::get("/")
-                    .header("authorization", value.as_str())
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let service = service.clone();
-                async move { service.oneshot(request).await.map(|r| r.status()) }
+fn lookups(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lookup");
+    for (label, n) in [("1k", 1_000), ("100k", 100_000), ("1m", 1_000_000)] {
+        let f = fixture(n);
+        let mut chain = Chain::new(&f.secrets);
+        let mut feedback = 0;
+        group.bench_function(BenchmarkId::new("floor", label), |b| {
+            b.iter(|| {
+                let secret = chain.next(feedback);
+                let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+                let found = f.floor.get(&hash).copied();
+                feedback = u64::from(found.unwrap_or(0));
+                black_box(found)
+            })
+        });
+        let mut chain = Chain::new(&f.secrets);
+        let mut feedback = 0;
+        let _guard = f.runtime.enter();
+        group.bench_function(BenchmarkId::new("verify", label), |b| {
+            b.iter(|| {
+                let secret = chain.next(feedback);
+                let who = ready(f.manager.verify(secret, None)).ok();
+                feedback = who.as_ref().map_or(0, |w| w.id().as_u128() as u64);
+                black_box(who)
             })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, keys, verify);
+/// Polls a future that the in-memory store completes at once. Called inside
+/// the benchmark's runtime context, so timers behave as in a server.
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+       + Clone
+       + Send {
+    tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::default()))
+    })
+}
+
+fn request(secret: &str) -> Request<Body> {
+    let mut request = Request::new(Body::default());
+    if let Ok(value) = HeaderValue::from_str(&format!("Bearer {secret}")) {
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    request
+}
+
+/// Runs `service` once per iteration with a key drawn from `secrets`.
+fn bench_service<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    service: S,
+    secrets: &[String],
+    expect: StatusCode,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    // Check once that the figure measures what its name says.
+    let status = runtime
+        .block_on(service.clone().oneshot(request(&secrets[0])))
+        .unwrap()
+        .status();
+    assert_eq!(status, expect, "{name}");
+    let mut chain = Chain::new(secrets);
+    let mut feedback = 0;
+    let _guard = runtime.enter();
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let req = request(chain.next(feedback));
+            let status = ready(service.clone().oneshot(req)).map(|r| r.status());
+            feedback = status.as_ref().map_or(0, |s| u64::from(s.as_u16()));
+            black_box(status)
+        })
+    });
+}
+
+fn layer(c: &mut Criterion) {
+    let f = fixture(1_000_000);
+    // Revoke a thousand keys, and keep the rest apart.
+    let (revoked, valid) = f.secrets.split_at(1_000);
+    f.runtime.block_on(async {
+        for secret in revoked {
+            let who = f.manager.verify(secret, None).await.unwrap();
+            f.manager.revoke(&who.id()).await.unwrap();
+        }
+    });
+    let unknown: Vec<String> = (0..1_000)
+        .map(|_| {
+            TmKey::generate(Environment::Live)
+                .expose_secret()
+                .to_owned()
+        })
+        .collect();
+    // Bad-checksum keys as many as the valid ones (so fetching them misses
+    // the cache alike): the valid keys with their last character changed.
+    let bad_checksum: Vec<String> = valid
+        .iter()
+        .map(|s| {
+            let last = if s.ends_with('A') { "B" } else { "A" };
+            format!("{}{last}", &s[..39])
+        })
+        .collect();
+    let valid = valid.to_vec();
+    let revoked = revoked.to_vec();
+
+    // What a user would write instead: the raw key string in a map.
+    let raw: Arc<HashMap<String, u32>> = Arc::new(
+        f.secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect(),
+    );
+    let hand_rolled = AsyncRequireAuthorizationLayer::new(move |request: Request<Body>| {
+        let raw = Arc::clone(&raw);
+        async move {
+            let token = request
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match token.and_then(|t| raw.get(t)) {
+                Some(_) => Ok(request),
+                None => {
+                    let mut response = Response::new(Body::default());
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    Err(response)
+                }
+            }
+        }
+    });
+    #[allow(deprecated)]
+    let one_token =
+        tower_http::validate_request::ValidateRequestHeaderLayer::bearer(&f.secrets[5_000]);
+    let one_token_secret = vec![f.secrets[5_000].clone()];
+
+    let layer = ApiKeyLayer::new(f.manager.clone());
+    let mut group = c.benchmark_group("layer/1m");
+    let rt = &f.runtime;
+    // The floor again, in this group, so the ratios compare figures of one run.
+    let mut chain = Chain::new(&valid);
+    let mut feedback = 0;
+    group.bench_function("floor", |b| {
+        b.iter(|| {
+            let secret = chain.next(feedback);
+            let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            let found = f.floor.get(&hash).copied();
+            feedback = u64::from(found.unwrap_or(0));
+            black_box(found)
+        })
+    });
+    bench_service(&mut group, rt, "bare", bare(), &valid, StatusCode::OK);
+    bench_service(
+        &mut group,
+        rt,
+        "tm_auth/valid",
+        layer.layer(bare()),
+        &valid,
+        StatusCode::OK,
+    );
+    bench_service(
+        &mut group,
+        rt,
+        "tm_auth/unknown",
+        layer.layer(bare()),
+        &unknown,
+        StatusCode::UNAUTHORIZED,
+    );
+    bench_service(
+        &mut group,
+        rt,
+        "tm_auth/bad_checksum",
+        layer.layer(bare()),
+        &bad_checksum,
+        StatusCode::UNAUTHORIZED,
+    );
+    bench_service(
+        &mut group,
+        rt,
+        "tm_auth/revoked",
+        layer.layer(bare()),
+        &revoked,
+        StatusCode::UNAUTHORIZED,
+    );
+    bench_service(
+        &mut group,
+        rt,
+        "hand_rolled/valid",
+        hand_rolled.layer(bare()),
+        &valid,
+        StatusCode::OK,
+    );
+    bench_service(
+        &mut group,
+        rt,
+        "validate_bearer/valid",
+        one_token.layer(bare()),
+        &one_token_secret,
+        StatusCode::OK,
+    );
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = keys, lookups, layer
+}
 criterion_main!(benches);

@@ -132,7 +132,6 @@ impl AuthError {
 
     /// What the caller should do next. Never quotes the key.
     pub fn hint(&self) -> Cow<'static, str> {
-        const SEND: &str = "Send: Authorization: Bearer tm_live_...";
         match self {
             AuthError::MissingApiKey { misplaced: None } => Cow::Borrowed(
                 "Send the API key in the Authorization header: Authorization: Bearer tm_live_... \
@@ -151,14 +150,19 @@ impl AuthError {
                  browser history, so consider rotating this key. \
                  Send it in the Authorization header: Authorization: Bearer tm_live_...",
             ),
-            AuthError::MalformedHeader(err) => Cow::Owned(format!("{} {SEND}", err.hint())),
+            AuthError::MalformedHeader(err) => Cow::Borrowed(err.hint()),
             AuthError::InvalidFormat(KeyFormatError::UnknownPrefix) => Cow::Borrowed(
                 "API keys start with tm_live_ or tm_test_. Check that you copied the whole key.",
             ),
-            AuthError::InvalidFormat(KeyFormatError::Length { expected, actual }) => Cow::Owned(format!(
-                "An API key is {expected} characters long; this one has {actual}. \
-                 Check that you copied the whole key and nothing more."
-            )),
+            // Static, so that rejecting a truncated key costs no formatting.
+            AuthError::InvalidFormat(KeyFormatError::Length { expected, actual }) if actual < expected => Cow::Borrowed(
+                "An API key is 40 characters long and this one is shorter: \
+                 check that you copied the whole key.",
+            ),
+            AuthError::InvalidFormat(KeyFormatError::Length { .. }) => Cow::Borrowed(
+                "An API key is 40 characters long and this one is longer: \
+                 check that you copied the key and nothing more.",
+            ),
             AuthError::InvalidFormat(KeyFormatError::InvalidCharacter { position }) => Cow::Owned(format!(
                 "After its prefix an API key has only the characters 0-9, A-Z and a-z; \
                  position {position} holds another. Copy the key again."

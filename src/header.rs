@@ -105,30 +105,37 @@ pub enum HeaderError {
     ExtraWord,
 }
 
+/// A hint followed by the form to send, as one static string.
+macro_rules! send {
+    ($hint:literal) => {
+        concat!($hint, " Send: Authorization: Bearer tm_live_...")
+    };
+}
+
 impl HeaderError {
-    /// What to change, without the `Send: …` line the error response adds.
+    /// What to change, ending with the form to send.
     pub fn hint(&self) -> &'static str {
         match self {
-            HeaderError::MultipleHeaders => "The request has several Authorization headers; send exactly one.",
-            HeaderError::TooLong => "The Authorization header is over 1 KiB, far longer than a key.",
-            HeaderError::NotVisibleAscii => {
+            HeaderError::MultipleHeaders => send!("The request has several Authorization headers; send exactly one."),
+            HeaderError::TooLong => send!("The Authorization header is over 1 KiB, far longer than a key."),
+            HeaderError::NotVisibleAscii => send!(
                 "The Authorization header holds a tab, a control character or a non-ASCII character, \
                  often from copying the key out of a document or chat."
-            }
-            HeaderError::Empty => "The Authorization header is empty.",
-            HeaderError::NoScheme => "The header holds the key alone; put Bearer and a space before it.",
-            HeaderError::OtherScheme(OtherScheme::Basic) => {
+            ),
+            HeaderError::Empty => send!("The Authorization header is empty."),
+            HeaderError::NoScheme => send!("The header holds the key alone; put Bearer and a space before it."),
+            HeaderError::OtherScheme(OtherScheme::Basic) => send!(
                 "The header uses the Basic scheme; API keys use Bearer, with no username, password or base64."
-            }
-            HeaderError::OtherScheme(OtherScheme::Token) => "The header uses the Token scheme; API keys use Bearer.",
-            HeaderError::OtherScheme(OtherScheme::ApiKey) => "The header uses the ApiKey scheme; API keys use Bearer.",
-            HeaderError::OtherScheme(OtherScheme::Digest) => "The header uses the Digest scheme; API keys use Bearer.",
-            HeaderError::OtherScheme(OtherScheme::Unknown) => "The header uses a scheme other than Bearer.",
-            HeaderError::MissingSpace => "Put a space between Bearer and the key.",
-            HeaderError::MissingToken => "The header says Bearer but no key follows it.",
-            HeaderError::DoubleBearer => "The header says Bearer twice; say it once.",
-            HeaderError::Quoted => "Remove the quotes around the key.",
-            HeaderError::ExtraWord => "There is something after the key; send the key alone.",
+            ),
+            HeaderError::OtherScheme(OtherScheme::Token) => send!("The header uses the Token scheme; API keys use Bearer."),
+            HeaderError::OtherScheme(OtherScheme::ApiKey) => send!("The header uses the ApiKey scheme; API keys use Bearer."),
+            HeaderError::OtherScheme(OtherScheme::Digest) => send!("The header uses the Digest scheme; API keys use Bearer."),
+            HeaderError::OtherScheme(OtherScheme::Unknown) => send!("The header uses a scheme other than Bearer."),
+            HeaderError::MissingSpace => send!("Put a space between Bearer and the key."),
+            HeaderError::MissingToken => send!("The header says Bearer but no key follows it."),
+            HeaderError::DoubleBearer => send!("The header says Bearer twice; say it once."),
+            HeaderError::Quoted => send!("Remove the quotes around the key."),
+            HeaderError::ExtraWord => send!("There is something after the key; send the key alone."),
         }
     }
 }

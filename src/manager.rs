@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{Clock, SystemClock};
@@ -222,6 +223,12 @@ impl KeyManager {
         timeout: Option<Duration>,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let mut call = std::pin::pin!(call);
+        // An in-memory store answers on the first poll: arm no timer for it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result;
+        }
         // Without a Tokio runtime there is no timer to race against.
         if tokio::runtime::Handle::try_current().is_err() {
             return call.await;
@@ -238,21 +245,33 @@ impl KeyManager {
         validate_owner(&new.owner).map_err(ManagerError::InvalidOwner)?;
         let name = validate_name(&new.name).map_err(ManagerError::InvalidName)?;
         check_allowlist(new.allowed_ips.len())?;
-        let key = TmKey::try_generate(new.environment)?;
-        let record = KeyRecord {
-            id: KeyId::try_generate()?,
-            owner: new.owner,
-            name,
-            environment: new.environment,
-            hint: key.hint(),
-            hash: key.hash(),
-            allowed_ips: new.allowed_ips,
-            created_at: self.now(),
-            expires_at: new.expires_at,
-            revoked_at: None,
+        // A store may refuse a fresh key as a duplicate (`MemoryStore` indexes
+        // 64-bit prefixes); another draw is then as good as the first.
+        let mut attempts = 0;
+        let (key, record) = loop {
+            let key = TmKey::try_generate(new.environment)?;
+            let record = KeyRecord {
+                id: KeyId::try_generate()?,
+                owner: new.owner.clone(),
+                name: name.clone(),
+                environment: new.environment,
+                hint: key.hint(),
+                hash: key.hash(),
+                allowed_ips: new.allowed_ips.clone(),
+                created_at: self.now(),
+                expires_at: new.expires_at,
+                revoked_at: None,
+            };
+            attempts += 1;
+            match self
+                .bounded(None, self.inner.store.insert(record.clone()))
+                .await
+            {
+                Ok(()) => break (key, record),
+                Err(StoreError::Conflict) if attempts < 3 => continue,
+                Err(err) => return Err(err.into()),
+            }
         };
-        self.bounded(None, self.inner.store.insert(record.clone()))
-            .await?;
         tracing::info!(key_id = %record.id, owner = %record.owner, "API key created");
         Ok(CreatedKey { key, record })
     }

@@ -139,28 +139,32 @@ pub enum KeyStatus {
 /// assert!(record.allows_ip(None), "no allowlist: any address, even an unknown one");
 /// # }
 /// ```
+// `repr(C)` keeps the fields a verification reads — hash, revocation,
+// expiry, allowlist, environment — together at the front, next to the `Arc`
+// counts, so a lookup in a large store touches as few cache lines as possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[repr(C)]
 pub struct KeyRecord {
+    /// SHA-256 of the key, the lookup column.
+    pub hash: KeyHash,
+    /// When the key was revoked; once set, never cleared.
+    pub revoked_at: Option<SystemTime>,
+    /// When the key stops working, if ever (`now >= expires_at` is expired).
+    pub expires_at: Option<SystemTime>,
+    /// Networks the key may be used from; empty means anywhere.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Live or test.
+    pub environment: Environment,
+    /// `tm_live_...abcd`, for lists.
+    pub hint: KeyHint,
     /// The key's public identifier.
     pub id: KeyId,
     /// The account the key belongs to.
     pub owner: String,
     /// The holder's description, e.g. "Production - Main Website".
     pub name: String,
-    /// Live or test.
-    pub environment: Environment,
-    /// `tm_live_...abcd`, for lists.
-    pub hint: KeyHint,
-    /// SHA-256 of the key, the lookup column.
-    pub hash: KeyHash,
-    /// Networks the key may be used from; empty means anywhere.
-    pub allowed_ips: Vec<IpNetwork>,
     /// When the key was created.
     pub created_at: SystemTime,
-    /// When the key stops working, if ever (`now >= expires_at` is expired).
-    pub expires_at: Option<SystemTime>,
-    /// When the key was revoked; once set, never cleared.
-    pub revoked_at: Option<SystemTime>,
 }
 
 impl KeyRecord {
@@ -443,6 +447,12 @@ mod tests {
     }
 
     #[test]
+    fn hot_fields_fit_two_cache_lines_with_the_arc_counts() {
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 176);
+        assert_eq!(std::mem::offset_of!(KeyRecord, environment), 88);
+    }
+
+    #[test]
     fn status_order_and_expiry_boundary() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
         let mut record = KeyRecord {
@@ -501,8 +511,14 @@ mod tests {
         let json = serde_json::to_string(&hint).unwrap();
         assert_eq!(json, "\"tm_test_...ab12\"");
         assert_eq!(serde_json::from_str::<KeyHint>(&json).unwrap(), hint);
-        assert_eq!(serde_json::to_string(&Environment::Live).unwrap(), "\"live\"");
-        assert_eq!(serde_json::to_string(&KeyStatus::Revoked).unwrap(), "\"revoked\"");
+        assert_eq!(
+            serde_json::to_string(&Environment::Live).unwrap(),
+            "\"live\""
+        );
+        assert_eq!(
+            serde_json::to_string(&KeyStatus::Revoked).unwrap(),
+            "\"revoked\""
+        );
     }
 
     proptest! {

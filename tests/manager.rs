@@ -247,6 +247,24 @@ async fn a_failed_create_returns_no_key() {
 }
 
 #[tokio::test]
+async fn a_duplicate_is_redrawn_but_not_forever() {
+    let store = FaultyStore::new();
+    let manager = KeyManager::new(store.clone());
+    store.set(Op::Insert, Fault::ConflictOnce);
+    let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    assert!(manager
+        .verify(created.key.expose_secret(), None)
+        .await
+        .is_ok());
+    store.set(Op::Insert, Fault::Conflict);
+    assert!(matches!(
+        manager.create(NewKey::new("acct", "Other")).await,
+        Err(ManagerError::Store(StoreError::Conflict))
+    ));
+    assert_eq!(store.inner.len(), 1);
+}
+
+#[tokio::test]
 async fn a_failed_rotation_leaves_the_old_key_as_it_was() {
     let store = FaultyStore::new();
     let manager = KeyManager::new(store.clone());

@@ -2,9 +2,12 @@
 
 use std::fmt::{self, Write};
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::Response;
 use http_body_util::Full;
 
@@ -13,19 +16,52 @@ use crate::error::{retry_after_secs, AuthError};
 /// The `realm` of the `WWW-Authenticate` challenge: visible ASCII (spaces
 /// allowed inside), no `"` or `\`, at most 128 characters.
 ///
+/// The challenges for each kind of 401 are built once, with the realm, so
+/// a rejection formats nothing.
+///
 /// ```
 /// use tm_auth::Realm;
 ///
 /// assert!(Realm::new("TrueMail API").is_ok());
 /// assert!(Realm::new("say \"hi\"").is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Realm(String);
+#[derive(Debug, Clone)]
+pub struct Realm {
+    text: String,
+    /// One per entry of [`CHALLENGES`], in order.
+    challenges: Vec<HeaderValue>,
+}
 
 /// A realm with characters a `WWW-Authenticate` header cannot carry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a realm is 1 to 128 visible ASCII characters or spaces, without \" or \\")]
 pub struct InvalidRealm;
+
+/// RFC 6750 `error` and `error_description` for each kind of 401, in the
+/// order [`challenge_index`] numbers them. Descriptions use only the
+/// characters RFC 6750 allows (no `"` or `\`).
+const CHALLENGES: [Option<(&str, &str)>; 6] = [
+    None,
+    Some((
+        "invalid_request",
+        "The Authorization header must be: Bearer <API key>",
+    )),
+    Some(("invalid_token", "The API key is invalid")),
+    Some(("invalid_token", "The API key was revoked")),
+    Some(("invalid_token", "The API key has expired")),
+    Some(("invalid_token", "The API key is for another environment")),
+];
+
+fn challenge_index(err: &AuthError) -> usize {
+    match err {
+        AuthError::MissingApiKey { .. } => 0,
+        AuthError::MalformedHeader(_) => 1,
+        AuthError::Revoked => 3,
+        AuthError::Expired => 4,
+        AuthError::WrongEnvironment { .. } => 5,
+        _ => 2,
+    }
+}
 
 impl Realm {
     /// Checks and wraps `realm`.
@@ -37,23 +73,61 @@ impl Realm {
             && realm
                 .bytes()
                 .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-        if ok {
-            Ok(Realm(realm.to_owned()))
-        } else {
-            Err(InvalidRealm)
+        if !ok {
+            return Err(InvalidRealm);
         }
+        let challenges = CHALLENGES
+            .iter()
+            .map(|challenge| {
+                let mut value = format!("Bearer realm=\"{realm}\"");
+                if let Some((code, description)) = challenge {
+                    let _ = write!(
+                        value,
+                        ", error=\"{code}\", error_description=\"{description}\""
+                    );
+                }
+                HeaderValue::from_str(&value).map_err(|_| InvalidRealm)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Realm {
+            text: realm.to_owned(),
+            challenges,
+        })
     }
 
     /// The realm's text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    fn challenge(&self, err: &AuthError) -> HeaderValue {
+        self.challenges
+            .get(challenge_index(err))
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("Bearer"))
     }
 }
+
+impl PartialEq for Realm {
+    fn eq(&self, other: &Realm) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Realm {}
+
+// "api" is a valid realm; the fallback only keeps this free of panics.
+static DEFAULT_REALM: LazyLock<Realm> = LazyLock::new(|| {
+    Realm::new("api").unwrap_or_else(|_| Realm {
+        text: "api".to_owned(),
+        challenges: Vec::new(),
+    })
+});
 
 impl Default for Realm {
     /// `api`.
     fn default() -> Realm {
-        Realm("api".to_owned())
+        DEFAULT_REALM.clone()
     }
 }
 
@@ -67,50 +141,25 @@ impl FromStr for Realm {
 
 impl fmt::Display for Realm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
-}
-
-/// RFC 6750 `error` and `error_description` for a 401. Descriptions use only
-/// the characters RFC 6750 allows (no `"` or `\`).
-fn challenge(err: &AuthError) -> Option<(&'static str, &'static str)> {
-    match err {
-        AuthError::MissingApiKey { .. } => None,
-        AuthError::MalformedHeader(_) => Some((
-            "invalid_request",
-            "The Authorization header must be: Bearer <API key>",
-        )),
-        AuthError::Revoked => Some(("invalid_token", "The API key was revoked")),
-        AuthError::Expired => Some(("invalid_token", "The API key has expired")),
-        AuthError::WrongEnvironment { .. } => {
-            Some(("invalid_token", "The API key is for another environment"))
-        }
-        _ => Some(("invalid_token", "The API key is invalid")),
-    }
-}
-
-fn www_authenticate(err: &AuthError, realm: &Realm) -> HeaderValue {
-    let mut value = format!("Bearer realm=\"{realm}\"");
-    if let Some((code, description)) = challenge(err) {
-        let _ = write!(
-            value,
-            ", error=\"{code}\", error_description=\"{description}\""
-        );
-    }
-    // The realm was checked when it was built; fall back rather than panic.
-    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("Bearer"))
 }
 
 fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+    if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // Every message, code and hint of this crate takes this path.
+        out.push_str(text);
+    } else {
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", u32::from(c));
+                }
+                c => out.push(c),
             }
-            c => out.push(c),
         }
     }
     out.push('"');
@@ -118,13 +167,14 @@ fn push_json_string(out: &mut String, text: &str) {
 
 /// `{"error": …, "code": …, "hint": …}`.
 fn json_body(err: &AuthError) -> String {
-    let mut body = String::with_capacity(256);
+    let hint = err.hint();
+    let mut body = String::with_capacity(48 + err.message().len() + err.code().len() + hint.len());
     body.push_str("{\"error\":");
     push_json_string(&mut body, err.message());
     body.push_str(",\"code\":");
     push_json_string(&mut body, err.code());
     body.push_str(",\"hint\":");
-    push_json_string(&mut body, &err.hint());
+    push_json_string(&mut body, &hint);
     body.push('}');
     body
 }
@@ -140,17 +190,18 @@ impl AuthError {
 
     /// [`to_response`](AuthError::to_response) with the given realm.
     pub fn to_response_in(&self, realm: &Realm) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(json_body(self))));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
+        let mut headers = HeaderMap::with_capacity(4);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status() == http::StatusCode::UNAUTHORIZED {
-            headers.insert(WWW_AUTHENTICATE, www_authenticate(self, realm));
+            headers.insert(WWW_AUTHENTICATE, realm.challenge(self));
         }
         if let Some(after) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
         }
+        let mut response = Response::new(Full::new(Bytes::from(json_body(self))));
+        *response.status_mut() = self.status();
+        *response.headers_mut() = headers;
         response
     }
 }
@@ -251,6 +302,22 @@ mod tests {
             Realm::new("my-api.example.com").unwrap().as_str(),
             "my-api.example.com"
         );
+    }
+
+    #[test]
+    fn static_hints_need_no_escaping() {
+        // The fast path in push_json_string is the one every hint takes.
+        for err in [
+            AuthError::MalformedHeader(HeaderError::Quoted),
+            AuthError::InvalidFormat(crate::KeyFormatError::Checksum),
+            AuthError::MissingApiKey { misplaced: None },
+        ] {
+            let hint = err.hint();
+            assert!(
+                !hint.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
+                "{hint}"
+            );
+        }
     }
 
     #[test]

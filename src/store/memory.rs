@@ -1,5 +1,6 @@
 //! The embedded, in-process store.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,6 +22,14 @@ use crate::record::{KeyId, KeyRecord};
 ///
 /// Cloning is cheap and clones share the same keys.
 ///
+/// Both indexes are keyed by 64 bits — the first 8 bytes of the key's
+/// SHA-256, and the low 64 bits of the random id — and a hit is confirmed
+/// against the full value. Both are uniform already, so they need no
+/// rehashing and the slots stay small. Two keys sharing a 64-bit prefix
+/// (about one chance in 10^7 at a million keys) cannot both be stored: the
+/// second `insert` answers [`StoreError::Conflict`], and
+/// [`KeyManager::create`](crate::KeyManager::create) then draws a new key.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use tm_auth::{KeyManager, MemoryStore, NewKey};
@@ -36,15 +45,49 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// Passes a uniform `u64` through unchanged.
+#[derive(Default)]
+struct Uniform(u64);
+
+impl Hasher for Uniform {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by the maps below; fold anything else.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type UniformMap<V> = DashMap<u64, V, BuildHasherDefault<Uniform>>;
+
+fn hash_slot(hash: &KeyHash) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(prefix)
+}
+
+fn id_slot(id: &KeyId) -> u64 {
+    // Truncation keeps the low 64 random bits.
+    id.as_u128() as u64
+}
+
 #[derive(Default)]
 struct Inner {
     /// The verification path: one lookup, one `Arc` clone.
-    by_hash: DashMap<KeyHash, Arc<KeyRecord>>,
-    /// Management by id. Lock order, everywhere: `by_id` before `by_hash`.
-    by_id: DashMap<KeyId, KeyHash>,
-    /// Each owner's ids in insertion order.
-    by_owner: DashMap<String, Vec<KeyId>>,
-    usage: DashMap<KeyId, UsageTotals>,
+    by_hash: UniformMap<Arc<KeyRecord>>,
+    /// Id to hash slot. Lock order, everywhere: `by_id` before `by_hash`.
+    by_id: UniformMap<u64>,
+    /// Each owner's keys (id slots) in insertion order.
+    by_owner: DashMap<String, Vec<u64>>,
+    usage: UniformMap<UsageTotals>,
 }
 
 impl MemoryStore {
@@ -64,19 +107,30 @@ impl MemoryStore {
     }
 
     fn record(&self, id: &KeyId) -> Option<KeyRecord> {
-        let hash = self.inner.by_id.get(id)?;
-        let record = self.inner.by_hash.get(&*hash)?;
-        Some(KeyRecord::clone(&record))
+        let slot = self.inner.by_id.get(&id_slot(id))?;
+        let record = self.inner.by_hash.get(&*slot)?;
+        (record.id == *id).then(|| KeyRecord::clone(&record))
+    }
+
+    fn contains(&self, id: &KeyId) -> bool {
+        self.inner
+            .by_id
+            .get(&id_slot(id))
+            .and_then(|slot| self.inner.by_hash.get(&*slot))
+            .is_some_and(|record| record.id == *id)
     }
 
     /// Replaces the record with `id` by `change(record)`, atomically.
     fn modify(&self, id: &KeyId, change: impl FnOnce(&mut KeyRecord)) -> Option<KeyRecord> {
-        let hash = self.inner.by_id.get(id)?;
-        let mut slot = self.inner.by_hash.get_mut(&*hash)?;
-        let mut record = KeyRecord::clone(&slot);
+        let slot = self.inner.by_id.get(&id_slot(id))?;
+        let mut stored = self.inner.by_hash.get_mut(&*slot)?;
+        if stored.id != *id {
+            return None;
+        }
+        let mut record = KeyRecord::clone(&stored);
         change(&mut record);
-        if record != **slot {
-            *slot = Arc::new(record.clone());
+        if record != **stored {
+            *stored = Arc::new(record.clone());
         }
         Some(record)
     }
@@ -93,23 +147,29 @@ impl std::fmt::Debug for MemoryStore {
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let Entry::Vacant(id_slot) = self.inner.by_id.entry(record.id) else {
+        let (id, hash) = (id_slot(&record.id), hash_slot(&record.hash));
+        let Entry::Vacant(id_entry) = self.inner.by_id.entry(id) else {
             return Err(StoreError::Conflict);
         };
-        let Entry::Vacant(hash_slot) = self.inner.by_hash.entry(record.hash) else {
+        let Entry::Vacant(hash_entry) = self.inner.by_hash.entry(hash) else {
             return Err(StoreError::Conflict);
         };
-        let (id, hash, owner) = (record.id, record.hash, record.owner.clone());
-        // The owner list is written while the id slot is still held, so no one
-        // can see the key by id before it is listed.
-        hash_slot.insert(Arc::new(record));
+        let owner = record.owner.clone();
+        hash_entry.insert(Arc::new(record));
+        // Listed while the id entry is still held, so no one finds the key by
+        // id before it is listed.
         self.inner.by_owner.entry(owner).or_default().push(id);
-        id_slot.insert(hash);
+        id_entry.insert(hash);
         Ok(())
     }
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(self.inner.by_hash.get(hash).map(|r| Arc::clone(&r)))
+        Ok(self
+            .inner
+            .by_hash
+            .get(&hash_slot(hash))
+            .filter(|record| record.hash == *hash)
+            .map(|record| Arc::clone(&record)))
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
@@ -117,11 +177,18 @@ impl KeyStore for MemoryStore {
     }
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let ids = match self.inner.by_owner.get(owner) {
-            Some(ids) => ids.clone(),
+        let slots = match self.inner.by_owner.get(owner) {
+            Some(slots) => slots.clone(),
             None => return Ok(Vec::new()),
         };
-        Ok(ids.iter().filter_map(|id| self.record(id)).collect())
+        Ok(slots
+            .iter()
+            .filter_map(|slot| {
+                let hash = self.inner.by_id.get(slot)?;
+                let record = self.inner.by_hash.get(&*hash)?;
+                Some(KeyRecord::clone(&record))
+            })
+            .collect())
     }
 
     async fn update(
@@ -140,21 +207,25 @@ impl KeyStore for MemoryStore {
 
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         for delta in batch {
-            if self.inner.by_id.contains_key(&delta.id) {
-                self.inner.usage.entry(delta.id).or_default().add(delta);
+            if self.contains(&delta.id) {
+                self.inner
+                    .usage
+                    .entry(id_slot(&delta.id))
+                    .or_default()
+                    .add(delta);
             }
         }
         Ok(())
     }
 
     async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        if !self.inner.by_id.contains_key(id) {
+        if !self.contains(id) {
             return Ok(None);
         }
         Ok(Some(
             self.inner
                 .usage
-                .get(id)
+                .get(&id_slot(id))
                 .map(|u| u.clone())
                 .unwrap_or_default(),
         ))
@@ -211,7 +282,41 @@ mod tests {
             Err(StoreError::Conflict)
         ));
         assert_eq!(store.len(), 1);
-        assert_eq!(store.list_by_owner("a").await.unwrap(), vec![first]);
+        assert_eq!(store.list_by_owner("a").await.unwrap(), vec![first.clone()]);
+
+        // Sharing only the 64-bit index prefix is a conflict too...
+        let mut bytes = *first.hash.as_bytes();
+        bytes[31] ^= 1;
+        let near = KeyHash::from_bytes(bytes);
+        let prefix_twin = KeyRecord {
+            id: KeyId::generate(),
+            hash: near,
+            ..first.clone()
+        };
+        assert!(matches!(
+            store.insert(prefix_twin).await,
+            Err(StoreError::Conflict)
+        ));
+        let id_twin = KeyRecord {
+            id: KeyId::from_u128(first.id.as_u128() ^ (1 << 100)),
+            hash: record("a").hash,
+            ..first.clone()
+        };
+        assert!(matches!(
+            store.insert(id_twin.clone()).await,
+            Err(StoreError::Conflict)
+        ));
+        // ...and a lookup that matches only the prefix finds nothing.
+        assert!(store.find_by_hash(&near).await.unwrap().is_none());
+        assert!(store.get(&id_twin.id).await.unwrap().is_none());
+        assert!(store.revoke(&id_twin.id, at(1)).await.unwrap().is_none());
+        assert!(store
+            .get(&first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none());
     }
 
     #[tokio::test]

@@ -26,6 +26,10 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Fail,
+    /// Answer `StoreError::Conflict`, once.
+    ConflictOnce,
+    /// Answer `StoreError::Conflict`, every time.
+    Conflict,
     Hang,
     Slow(Duration),
 }
@@ -51,9 +55,17 @@ impl FaultyStore {
     }
 
     async fn gate(&self, op: Op) -> Result<(), StoreError> {
-        let fault = self.faults.lock().unwrap().get(&op).copied();
+        let fault = {
+            let mut faults = self.faults.lock().unwrap();
+            let fault = faults.get(&op).copied();
+            if fault == Some(Fault::ConflictOnce) {
+                faults.remove(&op);
+            }
+            fault
+        };
         match fault {
             None => Ok(()),
+            Some(Fault::Conflict | Fault::ConflictOnce) => Err(StoreError::Conflict),
             Some(Fault::Fail) => Err(StoreError::backend("injected failure")),
             Some(Fault::Hang) => std::future::pending().await,
             Some(Fault::Slow(by)) => {

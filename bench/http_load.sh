@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# HTTP requests/s of the axum hello-world with ApiKeyLayer (B) and without (A),
+# loaded by wrk on 127.0.0.1, alternating A B A B.
+#
+#   bench/http_load.sh [PAIRS] [SECONDS]      (defaults: 3 pairs of 10 s)
+#
+# The server runs on one thread pinned to CPU 0 and wrk (1 thread, 50
+# connections) on CPU 1, where taskset exists. Prints each pair's ratio B/A
+# and the median, and exits non-zero only if a run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pairs=${1:-3}
+seconds=${2:-10}
+port=18080
+addr="127.0.0.1:$port"
+
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+pin_server=(); pin_wrk=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  pin_server=(taskset -c 0); pin_wrk=(taskset -c 1)
+fi
+
+cargo build --release --quiet --example load_server
+server=target/release/examples/load_server
+
+run() { # $1 = on|off; prints requests/s
+  local keyfile pid rps
+  keyfile=$(mktemp)
+  AUTH=$1 ADDR=$addr "${pin_server[@]}" "$server" >"$keyfile" 2>/dev/null &
+  pid=$!
+  for _ in $(seq 100); do
+    [ -s "$keyfile" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  rps=$("${pin_wrk[@]}" wrk -t1 -c50 -d"${seconds}s" -H "Authorization: Bearer $(head -1 "$keyfile")" \
+        "http://$addr/" | awk '/Requests\/sec/ {print $2}')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -f "$keyfile"
+  [ -n "$rps" ] || { echo "wrk reported nothing" >&2; exit 1; }
+  echo "$rps"
+}
+
+# Check once that the layer really refuses a request without the key.
+keyfile=$(mktemp)
+AUTH=on ADDR=$addr "$server" >"$keyfile" 2>/dev/null & pid=$!
+for _ in $(seq 100); do [ -s "$keyfile" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/" || true)
+ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$keyfile")" "http://$addr/" || true)
+kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$keyfile"
+[ "$code" = 401 ] && [ "$ok" = 200 ] || { echo "sanity check failed: $code/$ok" >&2; exit 1; }
+
+ratios=()
+for i in $(seq "$pairs"); do
+  a=$(run off); b=$(run on)
+  ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
+  ratios+=("$ratio")
+  echo "pair $i: without layer $a req/s, with layer $b req/s, ratio $ratio"
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+echo "median ratio (with / without): $median"

@@ -1,0 +1,170 @@
+//! Verifications per second on 1 and 2 threads, against the floor's own
+//! scaling in the same run.
+//!
+//! ```text
+//! cargo bench --bench throughput
+//! ```
+//!
+//! A million keys in one shared `MemoryStore` (and, for the floor, one
+//! shared `HashMap<[u8; 32], u32>`). Each thread walks its own random cycle
+//! through the keys, each lookup waiting on the last (see `benches/verify.rs`),
+//! for a fixed number of lookups; the total rate is lookups over wall time.
+//! Five rounds alternate floor and verify; the medians are printed with the
+//! ratios the target compares:
+//!
+//! ```text
+//! scaling verify 2t/1t = …   floor 2t/1t = …   verify/floor = …
+//! ```
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tm_auth::{KeyManager, MemoryStore, NewKey};
+
+const KEYS: usize = 1_000_000;
+const LOOKUPS_PER_THREAD: usize = 1_000_000;
+const ROUNDS: usize = 5;
+
+/// A single random cycle through `n` indices, as `next[i]`.
+fn cycle(n: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        order.swap(i, (state % i as u64) as usize);
+    }
+    order
+}
+
+struct Shared {
+    runtime_keys: Vec<[u8; 40]>,
+    manager: KeyManager,
+    floor: HashMap<[u8; 32], u32>,
+}
+
+fn walk_floor(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
+    let zero = black_box(0u64);
+    let mut at = 0usize;
+    let mut sum = 0u64;
+    for _ in 0..lookups {
+        let key = &shared.runtime_keys[at];
+        let hash: [u8; 32] = Sha256::digest(key).into();
+        let found = u64::from(shared.floor.get(&hash).copied().unwrap_or(0));
+        sum = sum.wrapping_add(found);
+        at = next[at ^ (found & zero) as usize] as usize;
+    }
+    sum
+}
+
+fn walk_verify(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
+    // Each thread has its own runtime, as a server's worker would.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let zero = black_box(0u64);
+        let mut at = 0usize;
+        let mut sum = 0u64;
+        for _ in 0..lookups {
+            let secret = std::str::from_utf8(&shared.runtime_keys[at]).unwrap_or("");
+            let found = match shared.manager.verify(secret, None).await {
+                Ok(who) => who.id().as_u128() as u64,
+                Err(_) => 0,
+            };
+            sum = sum.wrapping_add(found);
+            at = next[at ^ (found & zero) as usize] as usize;
+        }
+        sum
+    })
+}
+
+/// Lookups per second with `threads` threads running `walk`.
+fn rate(shared: &Arc<Shared>, cycles: &[Arc<Vec<u32>>], threads: usize, verify: bool) -> f64 {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let shared = Arc::clone(shared);
+            let next = Arc::clone(&cycles[t]);
+            std::thread::spawn(move || {
+                if verify {
+                    walk_verify(&shared, &next, LOOKUPS_PER_THREAD)
+                } else {
+                    walk_floor(&shared, &next, LOOKUPS_PER_THREAD)
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        black_box(handle.join().expect("thread"));
+    }
+    (threads * LOOKUPS_PER_THREAD) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would too: run only for the former.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let manager = KeyManager::new(MemoryStore::new());
+    let mut keys = Vec::with_capacity(KEYS);
+    runtime.block_on(async {
+        for i in 0..KEYS {
+            let new = NewKey::new(
+                format!("acct_{:07}", i / 10),
+                format!("Production - Website {i:04}"),
+            );
+            let created = manager.create(new).await.expect("create");
+            let mut key = [0u8; 40];
+            key.copy_from_slice(created.key.expose_secret().as_bytes());
+            keys.push(key);
+        }
+    });
+    let floor = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (Sha256::digest(k).into(), i as u32))
+        .collect();
+    let shared = Arc::new(Shared {
+        runtime_keys: keys,
+        manager,
+        floor,
+    });
+    let cycles: Vec<Arc<Vec<u32>>> = (0..2)
+        .map(|t| Arc::new(cycle(KEYS, 0x51_7CC1_B727_220A + t)))
+        .collect();
+
+    let (mut f1, mut f2, mut v1, mut v2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        f1.push(rate(&shared, &cycles, 1, false));
+        v1.push(rate(&shared, &cycles, 1, true));
+        f2.push(rate(&shared, &cycles, 2, false));
+        v2.push(rate(&shared, &cycles, 2, true));
+        println!(
+            "round {round}: floor 1t {:.0}/s 2t {:.0}/s   verify 1t {:.0}/s 2t {:.0}/s",
+            f1[round], f2[round], v1[round], v2[round]
+        );
+    }
+    let (f1, f2, v1, v2) = (median(f1), median(f2), median(v1), median(v2));
+    println!("median: floor 1t {f1:.0}/s 2t {f2:.0}/s   verify 1t {v1:.0}/s 2t {v2:.0}/s");
+    println!(
+        "scaling verify 2t/1t = {:.3}   floor 2t/1t = {:.3}   verify/floor = {:.3}",
+        v2 / v1,
+        f2 / f1,
+        (v2 / v1) / (f2 / f1)
+    );
+}
