@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ManagerError};
-use crate::key::{Environment, KeyHint, TmKey};
+use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::record::{
     ip_allowed, validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
     MAX_ALLOWED_IPS,
@@ -414,20 +414,66 @@ impl KeyManager {
         key: &TmKey,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
-        let hash = key.hash();
-        let found = self
-            .bounded(options.timeout, self.inner.store.find_by_hash(&hash))
-            .await
-            .map_err(AuthError::StoreUnavailable)?;
+        self.verify_hash(&key.hash(), options).await
+    }
+
+    /// [`verify_key`](KeyManager::verify_key) without waiting, when the store
+    /// can answer at once ([`KeyStore::find_by_hash_now`]); `None` otherwise.
+    pub fn verify_key_now(
+        &self,
+        key: &TmKey,
+        options: VerifyOptions,
+    ) -> Option<Result<AuthenticatedKey, AuthError>> {
+        self.verify_hash_now(&key.hash(), options)
+    }
+
+    pub(crate) async fn verify_hash(
+        &self,
+        hash: &KeyHash,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        let found = match self.inner.store.find_by_hash_now(hash) {
+            Some(found) => found,
+            None => {
+                self.bounded(options.timeout, self.inner.store.find_by_hash(hash))
+                    .await
+            }
+        };
+        self.judge(hash, found.map_err(AuthError::StoreUnavailable)?, options)
+    }
+
+    pub(crate) fn verify_hash_now(
+        &self,
+        hash: &KeyHash,
+        options: VerifyOptions,
+    ) -> Option<Result<AuthenticatedKey, AuthError>> {
+        let found = self.inner.store.find_by_hash_now(hash)?;
+        Some(
+            found
+                .map_err(AuthError::StoreUnavailable)
+                .and_then(|found| self.judge(hash, found, options)),
+        )
+    }
+
+    /// Everything after the lookup, in order: revoked, expired, environment,
+    /// client IP.
+    fn judge(
+        &self,
+        hash: &KeyHash,
+        found: Option<Arc<KeyRecord>>,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
         // A store that answers with another key's record is treated as not
         // having found one.
         let record = found
-            .filter(|record| record.hash == hash)
+            .filter(|record| record.hash == *hash)
             .ok_or(AuthError::UnknownKey)?;
-        match record.status_at(self.now()) {
-            KeyStatus::Revoked => return Err(AuthError::Revoked),
-            KeyStatus::Expired => return Err(AuthError::Expired),
-            KeyStatus::Active => {}
+        if record.revoked_at.is_some() {
+            return Err(AuthError::Revoked);
+        }
+        // The clock is read only for keys that can expire.
+        if record.expires_at.is_some_and(|at| self.now() >= at) {
+            return Err(AuthError::Expired);
         }
         if let Some(required) = options.environment {
             if record.environment != required {

@@ -214,10 +214,12 @@ impl<S> ApiKeyService<S> {
         )
     }
 
-    fn reject<B, E>(&self, err: AuthError) -> ResponseFuture<B, E> {
+    fn reject<F, B, E>(&self, err: AuthError) -> ResponseFuture<F, B, E> {
         tracing::debug!(code = err.code(), reason = %err, "API key rejected");
         ResponseFuture {
-            state: State::Rejected(Some(err.to_response_in(&self.config.realm))),
+            state: State::Rejected {
+                response: Some(err.to_response_in(&self.config.realm)),
+            },
         }
     }
 }
@@ -231,7 +233,7 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -240,9 +242,9 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Header and format errors are answered here, before any store call
         // or allocation for the verification.
-        let key = match bearer_token(request.headers(), request.uri()) {
+        let hash = match bearer_token(request.headers(), request.uri()) {
             Ok(token) => match TmKey::parse(token) {
-                Ok(key) => key,
+                Ok(key) => key.hash(),
                 Err(err) => return self.reject(err.into()),
             },
             Err(err) => return self.reject(err),
@@ -254,63 +256,100 @@ where
         if let Some(timeout) = self.config.store_timeout {
             options = options.store_timeout(timeout);
         }
+        // A store that answers at once (the in-memory one, a warm cache) needs
+        // no boxed future: the inner service is called right here.
+        if let Some(verdict) = self.config.manager.verify_hash_now(&hash, options) {
+            return match verdict {
+                Ok(who) => {
+                    accepted(&who);
+                    request.extensions_mut().insert(who);
+                    ResponseFuture {
+                        state: State::Inner {
+                            future: self.inner.call(request),
+                        },
+                    }
+                }
+                Err(err) => self.reject(err),
+            };
+        }
         // The inner service was made ready by `poll_ready`; keep that one and
         // leave a fresh clone behind for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
         ResponseFuture {
-            state: State::Verifying(Box::pin(async move {
-                match config.manager.verify_key(&key, options).await {
-                    Ok(who) => {
-                        drop(key);
-                        let span = tracing::Span::current();
-                        span.record("key_id", tracing::field::display(who.id()));
-                        tracing::debug!(key_id = %who.id(), owner = %who.owner(), "API key accepted");
-                        request.extensions_mut().insert(who);
-                        let response = inner.call(request).await?;
-                        Ok(response.map(Either::Left))
+            state: State::Verifying {
+                future: Box::pin(async move {
+                    match config.manager.verify_hash(&hash, options).await {
+                        Ok(who) => {
+                            accepted(&who);
+                            request.extensions_mut().insert(who);
+                            let response = inner.call(request).await?;
+                            Ok(response.map(Either::Left))
+                        }
+                        Err(err) => {
+                            tracing::debug!(code = err.code(), reason = %err, "API key rejected");
+                            Ok(err.to_response_in(&config.realm).map(Either::Right))
+                        }
                     }
-                    Err(err) => {
-                        tracing::debug!(code = err.code(), reason = %err, "API key rejected");
-                        Ok(err.to_response_in(&config.realm).map(Either::Right))
-                    }
-                }
-            })),
+                }),
+            },
         }
     }
 }
 
+/// Records the key id on the current span (if it declares `key_id`) and logs
+/// the acceptance; never the key.
+fn accepted(who: &crate::AuthenticatedKey) {
+    tracing::Span::current().record("key_id", tracing::field::display(who.id()));
+    tracing::debug!(key_id = %who.id(), owner = %who.owner(), "API key accepted");
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The future of [`ApiKeyService`]: ready at once for requests rejected on
-/// their header alone, boxed for those that need the store.
-pub struct ResponseFuture<B, E> {
-    state: State<B, E>,
+pin_project_lite::pin_project! {
+    /// The future of [`ApiKeyService`]: ready at once for a rejection the
+    /// layer can decide without waiting, the inner service's own future when
+    /// the store answered at once, and a boxed future only for stores that
+    /// must be waited on.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+    }
 }
 
-enum State<B, E> {
-    Rejected(Option<Response<Full<Bytes>>>),
-    Verifying(BoxFuture<Result<Response<ResponseBody<B>>, E>>),
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E> {
+        Rejected { response: Option<Response<Full<Bytes>>> },
+        Inner { #[pin] future: F },
+        Verifying { future: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
+    }
 }
 
-impl<B, E> Future for ResponseFuture<B, E> {
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().state {
-            State::Rejected(response) => match response.take() {
+        match self.project().state.project() {
+            StateProj::Rejected { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response.map(Either::Right))),
                 // Polled after completion: a caller bug, answered by never
                 // completing again rather than a panic.
                 None => Poll::Pending,
             },
-            State::Verifying(future) => future.as_mut().poll(cx),
+            StateProj::Inner { future } => {
+                future.poll(cx).map(|r| r.map(|res| res.map(Either::Left)))
+            }
+            StateProj::Verifying { future } => future.as_mut().poll(cx),
         }
     }
 }
 
-impl<B, E> fmt::Debug for ResponseFuture<B, E> {
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
@@ -437,6 +476,20 @@ mod tests {
         match future.as_mut().poll(&mut cx) {
             Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
             _ => panic!("a header rejection needs no async work"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_answers_at_once_needs_no_waiting() {
+        let manager = KeyManager::new(MemoryStore::new());
+        let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+        let mut service = ApiKeyLayer::new(manager).layer(echo_name());
+        let value = format!("Bearer {}", created.key.expose_secret());
+        let mut future = std::pin::pin!(service.call(request(Some(&value))));
+        let mut cx = Context::from_waker(Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::OK),
+            _ => panic!("MemoryStore answers at once; the layer should not wait"),
         }
     }
 

@@ -112,6 +112,14 @@ impl MemoryStore {
         (record.id == *id).then(|| KeyRecord::clone(&record))
     }
 
+    fn lookup(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
+        self.inner
+            .by_hash
+            .get(&hash_slot(hash))
+            .filter(|record| record.hash == *hash)
+            .map(|record| Arc::clone(&record))
+    }
+
     fn contains(&self, id: &KeyId) -> bool {
         self.inner
             .by_id
@@ -164,12 +172,14 @@ impl KeyStore for MemoryStore {
     }
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(self
-            .inner
-            .by_hash
-            .get(&hash_slot(hash))
-            .filter(|record| record.hash == *hash)
-            .map(|record| Arc::clone(&record)))
+        Ok(self.lookup(hash))
+    }
+
+    fn find_by_hash_now(
+        &self,
+        hash: &KeyHash,
+    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        Some(Ok(self.lookup(hash)))
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

@@ -212,6 +212,21 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record whose key hashes to `hash`: the verification lookup.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError>;
 
+    /// The same lookup, answered without waiting when the store can (an
+    /// in-memory map, a warm cache): `Some(answer)`, or `None` to say "call
+    /// [`find_by_hash`](KeyStore::find_by_hash)". The default is `None`.
+    ///
+    /// Verification tries this first, so a store that answers here costs
+    /// no future and no allocation per request. An answer here must be
+    /// exactly what `find_by_hash` would answer at that moment.
+    fn find_by_hash_now(
+        &self,
+        hash: &KeyHash,
+    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        let _ = hash;
+        None
+    }
+
     /// The record with this id.
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
