@@ -1,5 +1,7 @@
 //! The HTTP answer to a rejected request.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::{self, Write};
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -165,6 +167,29 @@ fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// The JSON body, built once per thread for each error whose hint is static
+/// (every header and format error, so a flood of bad keys formats nothing).
+fn body(err: &AuthError) -> Bytes {
+    let Cow::Borrowed(hint) = err.hint() else {
+        return Bytes::from(json_body(err));
+    };
+    // Keyed by the addresses of the static code and hint: identical text may
+    // share an address, so the code is part of the key.
+    let key = (err.code().as_ptr() as usize, hint.as_ptr() as usize);
+    thread_local! {
+        static BODIES: RefCell<Vec<((usize, usize), Bytes)>> = const { RefCell::new(Vec::new()) };
+    }
+    BODIES.with(|bodies| {
+        let mut bodies = bodies.borrow_mut();
+        if let Some((_, body)) = bodies.iter().find(|(k, _)| *k == key) {
+            return body.clone();
+        }
+        let body = Bytes::from(json_body(err));
+        bodies.push((key, body.clone()));
+        body
+    })
+}
+
 /// `{"error": …, "code": …, "hint": …}`.
 fn json_body(err: &AuthError) -> String {
     let hint = err.hint();
@@ -199,7 +224,7 @@ impl AuthError {
         if let Some(after) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
         }
-        let mut response = Response::new(Full::new(Bytes::from(json_body(self))));
+        let mut response = Response::new(Full::new(body(self)));
         *response.status_mut() = self.status();
         *response.headers_mut() = headers;
         response
@@ -317,6 +342,25 @@ mod tests {
                 !hint.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20),
                 "{hint}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_bodies_match_fresh_ones() {
+        for _ in 0..3 {
+            for err in [
+                AuthError::InvalidFormat(crate::KeyFormatError::Checksum),
+                AuthError::MalformedHeader(HeaderError::DoubleBearer),
+                AuthError::MalformedHeader(HeaderError::Quoted),
+                AuthError::Revoked,
+                AuthError::IpNotAllowed {
+                    client_ip: Some("203.0.113.9".parse().unwrap()),
+                },
+            ] {
+                let expected: serde_json::Value = serde_json::from_str(&json_body(&err)).unwrap();
+                assert_eq!(body_json(err.to_response()).await, expected);
+                assert_eq!(expected["code"], err.code());
+            }
         }
     }
 
