@@ -45,6 +45,7 @@ async fn main() {
             created_at: SystemTime::now(),
             expires_at: None,
             revoked_at: None,
+            rate_limit: None,
         };
         store.insert(record).await.expect("insert");
     }

@@ -84,6 +84,8 @@ pub enum AuthError {
     RateLimited {
         /// How long until the key is let in again.
         retry_after: Duration,
+        /// Requests allowed per window.
+        limit: u32,
     },
     /// The key store failed or timed out. Requests fail closed.
     #[error("the key store is unavailable: {0}")]
@@ -196,7 +198,7 @@ impl AuthError {
                 "This key may only be used from the addresses in its IP restrictions, and the \
                  server could not determine the request's address.",
             ),
-            AuthError::RateLimited { retry_after } => Cow::Owned(format!(
+            AuthError::RateLimited { retry_after, .. } => Cow::Owned(format!(
                 "This key has made more requests than its limit allows. Retry after {} seconds.",
                 retry_after_secs(*retry_after)
             )),
@@ -209,7 +211,7 @@ impl AuthError {
     /// How long a client should wait before retrying, for 429 and 503.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AuthError::RateLimited { retry_after } => Some(*retry_after),
+            AuthError::RateLimited { retry_after, .. } => Some(*retry_after),
             AuthError::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
             _ => None,
         }
@@ -252,6 +254,10 @@ pub enum ManagerError {
         /// What was given.
         actual: usize,
     },
+    /// The rate limit cannot be used (zero requests, or a window outside
+    /// 1 second to 31 days).
+    #[error("invalid rate limit: {0}")]
+    InvalidRateLimit(&'static str),
     /// No key has this id.
     #[error("no key has this id")]
     NotFound,
@@ -303,6 +309,7 @@ mod tests {
             },
             AuthError::RateLimited {
                 retry_after: Duration::from_millis(1500),
+                limit: 10,
             },
             AuthError::StoreUnavailable(StoreError::Timeout),
         ]

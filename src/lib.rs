@@ -67,6 +67,7 @@ mod manager;
 pub mod middleware;
 mod record;
 pub mod store;
+pub mod usage;
 
 pub use error::{AuthError, ManagerError, MisplacedKey};
 pub use header::HeaderError;
@@ -80,10 +81,11 @@ pub use middleware::{
     ResponseFuture,
 };
 pub use record::{
-    InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_ALLOWED_IPS,
-    MAX_TEXT_LEN,
+    InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, RateLimit, TextError,
+    MAX_ALLOWED_IPS, MAX_TEXT_LEN, RATE_LIMIT_WINDOWS,
 };
 pub use store::{KeyStore, MemoryStore, StoreError};
+pub use usage::{KeyUsage, RateLimitStatus, UsageConfig, UsageObserver, UsageTask};
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -16,6 +16,10 @@ use crate::record::{
     MAX_ALLOWED_IPS,
 };
 use crate::store::{KeyStore, StoreError, StoreUpdate};
+use crate::usage::{
+    Dispatcher, KeyUsage, NoRuntime, RateLimitStatus, Rejection, Tracker, UsageConfig, UsageSample,
+    UsageTask,
+};
 
 /// How long a store call may take before it counts as a failure, unless
 /// configured otherwise.
@@ -62,6 +66,7 @@ struct Inner {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     store_timeout: Duration,
+    usage: Arc<Tracker>,
 }
 
 /// A key just created: the key itself (shown once, never stored) and its record.
@@ -121,6 +126,7 @@ impl VerifyOptions {
 #[derive(Clone)]
 pub struct AuthenticatedKey {
     record: Arc<KeyRecord>,
+    rate_limit: Option<RateLimitStatus>,
 }
 
 impl AuthenticatedKey {
@@ -147,6 +153,11 @@ impl AuthenticatedKey {
     /// `tm_live_...abcd`, for logs a person reads.
     pub fn hint(&self) -> KeyHint {
         self.record.hint
+    }
+
+    /// Where the key stands in its rate-limit window, if it has a limit.
+    pub fn rate_limit(&self) -> Option<RateLimitStatus> {
+        self.rate_limit
     }
 }
 
@@ -180,32 +191,60 @@ impl KeyManager {
                 store,
                 clock: Arc::new(SystemClock),
                 store_timeout: DEFAULT_STORE_TIMEOUT,
+                usage: Arc::new(Tracker::new(UsageConfig::default())),
             }),
         }
+    }
+
+    /// A manager like this one with `change` applied to a copy of its settings.
+    fn rebuilt(&self, change: impl FnOnce(&mut Inner)) -> KeyManager {
+        let mut inner = Inner {
+            store: Arc::clone(&self.inner.store),
+            clock: Arc::clone(&self.inner.clock),
+            store_timeout: self.inner.store_timeout,
+            usage: Arc::clone(&self.inner.usage),
+        };
+        change(&mut inner);
+        KeyManager {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Monitors usage as `config` says (counting is on by default; see
+    /// [`UsageConfig`]). Counts kept so far by this manager start afresh.
+    /// With an observer, a thread named `tm-auth-usage-observer` delivers its
+    /// events, so a slow observer never slows requests.
+    pub fn with_usage(self, config: UsageConfig) -> KeyManager {
+        let tracker = Tracker::new(config);
+        if let (Some(observer), Some(mut events)) =
+            (tracker.config().observer.clone(), tracker.take_receiver())
+        {
+            let spawned = std::thread::Builder::new()
+                .name("tm-auth-usage-observer".into())
+                .spawn(move || {
+                    let mut dispatcher = Dispatcher::new(observer);
+                    // Ends when the manager, and so the sender, is dropped.
+                    while let Some(event) = events.blocking_recv() {
+                        dispatcher.deliver(event);
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::error!(error = %err, "could not start the usage observer thread; its events are dropped");
+            }
+        }
+        self.rebuilt(|inner| inner.usage = Arc::new(tracker))
     }
 
     /// Uses `clock` to decide expiry and to stamp creation, revocation and
     /// rotation times.
     pub fn with_clock(self, clock: impl Clock) -> KeyManager {
-        KeyManager {
-            inner: Arc::new(Inner {
-                store: Arc::clone(&self.inner.store),
-                clock: Arc::new(clock),
-                store_timeout: self.inner.store_timeout,
-            }),
-        }
+        self.rebuilt(|inner| inner.clock = Arc::new(clock))
     }
 
     /// Bounds every store call by `timeout`; a call that takes longer fails
     /// with [`StoreError::Timeout`] (503 on the request path).
     pub fn with_store_timeout(self, timeout: Duration) -> KeyManager {
-        KeyManager {
-            inner: Arc::new(Inner {
-                store: Arc::clone(&self.inner.store),
-                clock: Arc::clone(&self.inner.clock),
-                store_timeout: timeout,
-            }),
-        }
+        self.rebuilt(|inner| inner.store_timeout = timeout)
     }
 
     /// The store this manager works on.
@@ -245,6 +284,9 @@ impl KeyManager {
         validate_owner(&new.owner).map_err(ManagerError::InvalidOwner)?;
         let name = validate_name(&new.name).map_err(ManagerError::InvalidName)?;
         check_allowlist(new.allowed_ips.len())?;
+        if let Some(limit) = &new.rate_limit {
+            limit.check().map_err(ManagerError::InvalidRateLimit)?;
+        }
         // A store may refuse a fresh key as a duplicate (`MemoryStore` indexes
         // 64-bit prefixes); another draw is then as good as the first.
         let mut attempts = 0;
@@ -261,6 +303,7 @@ impl KeyManager {
                 created_at: self.now(),
                 expires_at: new.expires_at,
                 revoked_at: None,
+                rate_limit: new.rate_limit,
             };
             attempts += 1;
             match self
@@ -299,10 +342,14 @@ impl KeyManager {
         if let Some(allowed) = &update.allowed_ips {
             check_allowlist(allowed.len())?;
         }
+        if let Some(Some(limit)) = &update.rate_limit {
+            limit.check().map_err(ManagerError::InvalidRateLimit)?;
+        }
         let change = StoreUpdate {
             name,
             allowed_ips: update.allowed_ips,
             expires_at: None,
+            rate_limit: update.rate_limit,
         };
         let record = self
             .bounded(None, self.inner.store.update(id, &change))
@@ -344,6 +391,7 @@ impl KeyManager {
             .environment(old.environment)
             .allowed_ips(old.allowed_ips.iter().copied());
         new.expires_at = old.expires_at;
+        new.rate_limit = old.rate_limit;
         let created = self.create(new).await?;
         // A grace too long to represent leaves the old expiry as it is.
         let Some(cutoff) = self.now().checked_add(grace) else {
@@ -468,27 +516,131 @@ impl KeyManager {
         let record = found
             .filter(|record| record.hash == *hash)
             .ok_or(AuthError::UnknownKey)?;
+        let (id, usage) = (record.id, &*self.inner.usage);
+        let refuse = |reason: Rejection, err: AuthError| {
+            usage.rejected(id, reason);
+            Err(err)
+        };
         if record.revoked_at.is_some() {
-            return Err(AuthError::Revoked);
+            return refuse(Rejection::Revoked, AuthError::Revoked);
         }
-        // The clock is read only for keys that can expire.
-        if record.expires_at.is_some_and(|at| self.now() >= at) {
-            return Err(AuthError::Expired);
+        // The clock is read only when something needs it.
+        let needs_clock =
+            record.expires_at.is_some() || record.rate_limit.is_some() || usage.config().enabled;
+        let now = if needs_clock {
+            self.now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
+        if record.expires_at.is_some_and(|at| now >= at) {
+            return refuse(Rejection::Expired, AuthError::Expired);
         }
         if let Some(required) = options.environment {
             if record.environment != required {
-                return Err(AuthError::WrongEnvironment {
+                let err = AuthError::WrongEnvironment {
                     required,
                     actual: record.environment,
-                });
+                };
+                return refuse(Rejection::WrongEnvironment, err);
             }
         }
         if !ip_allowed(&record.allowed_ips, options.client_ip) {
-            return Err(AuthError::IpNotAllowed {
+            let err = AuthError::IpNotAllowed {
                 client_ip: options.client_ip,
-            });
+            };
+            return refuse(Rejection::IpNotAllowed, err);
         }
-        Ok(AuthenticatedKey { record })
+        let rate_limit = match record.rate_limit {
+            Some(limit) => match usage.take(id, limit, now) {
+                Ok(status) => Some(status),
+                Err(retry_after) => {
+                    return Err(AuthError::RateLimited {
+                        retry_after,
+                        limit: limit.requests(),
+                    })
+                }
+            },
+            None => None,
+        };
+        usage.succeeded(id, now, options.client_ip);
+        Ok(AuthenticatedKey { record, rate_limit })
+    }
+
+    /// A key's usage: the store's totals plus what this process has counted
+    /// and not flushed yet, and its per-minute history.
+    pub async fn usage(&self, id: &KeyId) -> Result<KeyUsage, ManagerError> {
+        let usage = &self.inner.usage;
+        // Read against a consistent store: no flush moves counts meanwhile.
+        let _flushing = usage.flush_lock.lock().await;
+        let totals = self
+            .bounded(None, self.inner.store.usage(id))
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        Ok(usage.usage(*id, totals, self.now()))
+    }
+
+    /// Writes the counts not yet in the store, in batches; returns how many
+    /// keys' counts were written. A batch the store refuses stays pending
+    /// and goes with the next flush.
+    pub async fn flush_usage(&self) -> Result<usize, ManagerError> {
+        let usage = &self.inner.usage;
+        let _flushing = usage.flush_lock.lock().await;
+        let mut written = 0;
+        for batch in usage.pending() {
+            self.bounded(None, self.inner.store.record_usage(&batch.deltas))
+                .await?;
+            batch.mark_sent();
+            written += batch.deltas.len();
+        }
+        Ok(written)
+    }
+
+    /// Every used key's counters as this process counted them since it
+    /// started: for exporting to a metrics system such as Prometheus.
+    pub fn usage_snapshot(&self) -> Vec<UsageSample> {
+        self.inner.usage.snapshot()
+    }
+
+    /// Observer events dropped because the observer fell behind.
+    pub fn dropped_usage_events(&self) -> u64 {
+        self.inner.usage.dropped_events()
+    }
+
+    /// Starts a Tokio task that flushes usage every `every` (failures are
+    /// logged and retried with the next batch). Stop it with
+    /// [`UsageTask::shutdown`], which flushes what is pending (dropping the
+    /// `UsageTask` stops it too, after the same last flush).
+    pub fn spawn_usage_task(&self, every: Duration) -> Result<UsageTask, NoRuntime> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
+        let manager = self.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let every = every.max(Duration::from_millis(10));
+        let handle = runtime.spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let mut tick = std::pin::pin!(ticks.tick());
+                // Stop when told to, or when the `UsageTask` is dropped.
+                let stop = std::future::poll_fn(|cx| {
+                    if std::pin::Pin::new(&mut stopped).poll(cx).is_ready() {
+                        return Poll::Ready(true);
+                    }
+                    tick.as_mut().poll(cx).map(|_| false)
+                })
+                .await;
+                if stop {
+                    break;
+                }
+                if let Err(err) = manager.flush_usage().await {
+                    tracing::warn!(error = %err, "usage flush failed; the counts are kept for the next one");
+                }
+            }
+            manager.flush_usage().await
+        });
+        Ok(UsageTask {
+            stop: Some(stop),
+            handle,
+        })
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnetwork::IpNetwork;
 
@@ -23,8 +24,12 @@ use crate::key::{Environment, KeyHash, KeyHint};
 /// assert!(text.starts_with("key_"));
 /// assert_eq!(text.parse::<KeyId>().unwrap(), id);
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(u128);
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyId {
+    // Two words rather than a `u128`: alignment 8 keeps `KeyRecord` free of padding.
+    lo: u64,
+    hi: u64,
+}
 
 const ID_PREFIX: &str = "key_";
 const ID_DIGITS: usize = 22;
@@ -46,17 +51,38 @@ impl KeyId {
     pub fn try_generate() -> Result<KeyId, crate::key::RandomnessError> {
         let mut bytes = [0u8; 16];
         crate::key::fill_random(&mut bytes)?;
-        Ok(KeyId(u128::from_le_bytes(bytes)))
+        Ok(KeyId::from_u128(u128::from_le_bytes(bytes)))
     }
 
     /// The id as a number, for stores that keep it in a binary column.
     pub const fn as_u128(&self) -> u128 {
-        self.0
+        ((self.hi as u128) << 64) | self.lo as u128
     }
 
     /// Rebuilds an id from [`as_u128`](KeyId::as_u128).
     pub const fn from_u128(value: u128) -> KeyId {
-        KeyId(value)
+        KeyId {
+            lo: value as u64,
+            hi: (value >> 64) as u64,
+        }
+    }
+}
+
+impl std::hash::Hash for KeyId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(self.as_u128());
+    }
+}
+
+impl PartialOrd for KeyId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for KeyId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_u128().cmp(&other.as_u128())
     }
 }
 
@@ -64,7 +90,7 @@ impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut digits = [b'0'; ID_DIGITS];
         let mut buf = [0u8; ID_DIGITS];
-        let len = base62::encode_bytes(self.0, &mut buf)
+        let len = base62::encode_bytes(self.as_u128(), &mut buf)
             .unwrap_or(0)
             .min(ID_DIGITS);
         digits[ID_DIGITS - len..].copy_from_slice(&buf[..len]);
@@ -92,7 +118,9 @@ impl FromStr for KeyId {
         if digits.len() != ID_DIGITS || !digits.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(InvalidKeyId);
         }
-        base62::decode(digits).map(KeyId).map_err(|_| InvalidKeyId)
+        base62::decode(digits)
+            .map(KeyId::from_u128)
+            .map_err(|_| InvalidKeyId)
     }
 }
 
@@ -108,6 +136,35 @@ impl<'de> serde::Deserialize<'de> for KeyId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hashes values that are uniform already — a key's SHA-256 prefix, a
+/// random [`KeyId`] — by passing their bits through, so maps keyed by them
+/// pay no SipHash. Never use it for keys an attacker chooses: only keys this
+/// crate generated are ever inserted into such maps.
+#[derive(Default)]
+pub(crate) struct UniformHasher(u64);
+
+impl std::hash::Hasher for UniformHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only the integer writes below are used; fold anything else.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        // Truncation keeps the low 64 of 128 random bits.
+        self.0 = value as u64;
     }
 }
 
@@ -157,6 +214,8 @@ pub struct KeyRecord {
     pub environment: Environment,
     /// `tm_live_...abcd`, for lists.
     pub hint: KeyHint,
+    /// The provider's per-key limit, if any.
+    pub rate_limit: Option<RateLimit>,
     /// The key's public identifier.
     pub id: KeyId,
     /// The account the key belongs to.
@@ -208,6 +267,70 @@ pub(crate) fn in_networks(networks: &[IpNetwork], ip: IpAddr) -> bool {
     networks
         .iter()
         .any(|net| net.contains(ip) || mapped.is_some_and(|m| net.contains(m)))
+}
+
+/// A provider's per-key limit: at most [`requests`](RateLimit::requests) in
+/// each [`window`](RateLimit::window) (fixed windows aligned to the Unix
+/// epoch, e.g. every 5 minutes on the 5-minute marks).
+///
+/// ```
+/// use std::time::Duration;
+/// use tm_auth::{NewKey, RateLimit};
+///
+/// // TrueMail's plans count requests per 5 minutes.
+/// let new = NewKey::new("acct_42", "Production").rate_limit(RateLimit::new(1_000, Duration::from_secs(300)));
+/// # let _ = new;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RateLimit {
+    requests: u32,
+    // Non-zero so that `Option<RateLimit>` takes 8 bytes in every record.
+    window_ms: NonZeroU32,
+}
+
+/// Shortest and longest rate-limit windows a key may have.
+pub const RATE_LIMIT_WINDOWS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(31 * 24 * 3600);
+
+impl RateLimit {
+    /// At most `requests` per `window`. The manager refuses (with
+    /// [`ManagerError::InvalidRateLimit`](crate::ManagerError::InvalidRateLimit))
+    /// zero requests and windows outside [`RATE_LIMIT_WINDOWS`].
+    pub fn new(requests: u32, window: Duration) -> RateLimit {
+        // A zero window becomes 1 ms, which `check` refuses like any window
+        // under a second.
+        let ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+        RateLimit {
+            requests,
+            window_ms: NonZeroU32::new(ms).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+
+    /// Requests allowed per window.
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms())
+    }
+
+    pub(crate) fn window_ms(&self) -> u64 {
+        u64::from(self.window_ms.get())
+    }
+
+    /// Why this limit cannot be used, if it cannot.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        if self.requests == 0 {
+            return Err("a rate limit allows at least one request per window");
+        }
+        if !RATE_LIMIT_WINDOWS.contains(&self.window()) {
+            return Err("a rate-limit window is between 1 second and 31 days");
+        }
+        Ok(())
+    }
 }
 
 /// Longest name or owner, in characters.
@@ -295,6 +418,7 @@ pub struct NewKey {
     pub(crate) environment: Environment,
     pub(crate) allowed_ips: Vec<IpNetwork>,
     pub(crate) expires_at: Option<SystemTime>,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl NewKey {
@@ -306,7 +430,14 @@ impl NewKey {
             environment: Environment::Live,
             allowed_ips: Vec::new(),
             expires_at: None,
+            rate_limit: None,
         }
+    }
+
+    /// Limits the key's requests (a provider's setting; see [`RateLimit`]).
+    pub fn rate_limit(mut self, limit: RateLimit) -> NewKey {
+        self.rate_limit = Some(limit);
+        self
     }
 
     /// Live (the default) or test.
@@ -328,8 +459,10 @@ impl NewKey {
     }
 }
 
-/// An edit a key holder may make: the name and/or the IP allowlist, nothing
-/// else. The key itself can never be seen or changed after creation.
+/// An edit of a key: the name and/or the IP allowlist (what a key holder may
+/// change), and the provider's rate limit. The key itself can never be seen
+/// or changed after creation. A management surface for key holders must
+/// not pass their input to [`rate_limit`](KeyUpdate::rate_limit).
 ///
 /// ```
 /// use tm_auth::KeyUpdate;
@@ -343,6 +476,7 @@ impl NewKey {
 pub struct KeyUpdate {
     pub(crate) name: Option<String>,
     pub(crate) allowed_ips: Option<Vec<IpNetwork>>,
+    pub(crate) rate_limit: Option<Option<RateLimit>>,
 }
 
 impl KeyUpdate {
@@ -363,9 +497,16 @@ impl KeyUpdate {
         self
     }
 
+    /// Sets (`Some`) or removes (`None`) the key's rate limit: the
+    /// provider's setting, not the key holder's.
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> KeyUpdate {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     /// Whether the edit changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.allowed_ips.is_none()
+        self.name.is_none() && self.allowed_ips.is_none() && self.rate_limit.is_none()
     }
 }
 
@@ -376,7 +517,12 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_are_fixed_width() {
-        for id in [KeyId(0), KeyId(1), KeyId(u128::MAX), KeyId::generate()] {
+        for id in [
+            KeyId::from_u128(0),
+            KeyId::from_u128(1),
+            KeyId::from_u128(u128::MAX),
+            KeyId::generate(),
+        ] {
             let text = id.to_string();
             assert_eq!(text.len(), 4 + ID_DIGITS, "{text}");
             assert_eq!(text.parse::<KeyId>(), Ok(id));
@@ -448,15 +594,17 @@ mod tests {
 
     #[test]
     fn hot_fields_fit_two_cache_lines_with_the_arc_counts() {
-        assert_eq!(std::mem::size_of::<KeyRecord>(), 176);
+        // 16 bytes of `Arc` counts, then these, in two 64-byte lines.
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 184);
         assert_eq!(std::mem::offset_of!(KeyRecord, environment), 88);
+        assert_eq!(std::mem::offset_of!(KeyRecord, rate_limit), 96);
     }
 
     #[test]
     fn status_order_and_expiry_boundary() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
         let mut record = KeyRecord {
-            id: KeyId(1),
+            id: KeyId::from_u128(1),
             owner: "o".into(),
             name: "n".into(),
             environment: Environment::Live,
@@ -466,6 +614,7 @@ mod tests {
             created_at: now,
             expires_at: Some(now),
             revoked_at: None,
+            rate_limit: None,
         };
         assert_eq!(
             record.status_at(now),

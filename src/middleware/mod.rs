@@ -18,6 +18,7 @@ use crate::error::AuthError;
 use crate::header::bearer_token;
 use crate::key::{Environment, TmKey};
 use crate::manager::{KeyManager, VerifyOptions};
+use crate::usage::RateLimitStatus;
 
 pub mod client_ip;
 mod response;
@@ -262,10 +263,12 @@ where
             return match verdict {
                 Ok(who) => {
                     accepted(&who);
+                    let rate_limit = who.rate_limit();
                     request.extensions_mut().insert(who);
                     ResponseFuture {
                         state: State::Inner {
                             future: self.inner.call(request),
+                            rate_limit,
                         },
                     }
                 }
@@ -283,9 +286,10 @@ where
                     match config.manager.verify_hash(&hash, options).await {
                         Ok(who) => {
                             accepted(&who);
+                            let rate_limit = who.rate_limit();
                             request.extensions_mut().insert(who);
                             let response = inner.call(request).await?;
-                            Ok(response.map(Either::Left))
+                            Ok(with_rate_limit(response, rate_limit).map(Either::Left))
                         }
                         Err(err) => {
                             tracing::debug!(code = err.code(), reason = %err, "API key rejected");
@@ -305,6 +309,19 @@ fn accepted(who: &crate::AuthenticatedKey) {
     tracing::debug!(key_id = %who.id(), owner = %who.owner(), "API key accepted");
 }
 
+/// Adds the `RateLimit-*` headers for a key that has a limit.
+fn with_rate_limit<B>(mut response: Response<B>, status: Option<RateLimitStatus>) -> Response<B> {
+    if let Some(status) = status {
+        response::set_rate_limit_headers(
+            response.headers_mut(),
+            status.limit,
+            status.remaining,
+            status.reset,
+        );
+    }
+    response
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pin_project_lite::pin_project! {
@@ -322,7 +339,7 @@ pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<F, B, E> {
         Rejected { response: Option<Response<Full<Bytes>>> },
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: F, rate_limit: Option<RateLimitStatus> },
         Verifying { future: BoxFuture<Result<Response<ResponseBody<B>>, E>> },
     }
 }
@@ -341,9 +358,9 @@ where
                 // completing again rather than a panic.
                 None => Poll::Pending,
             },
-            StateProj::Inner { future } => {
-                future.poll(cx).map(|r| r.map(|res| res.map(Either::Left)))
-            }
+            StateProj::Inner { future, rate_limit } => future
+                .poll(cx)
+                .map(|r| r.map(|res| with_rate_limit(res, *rate_limit).map(Either::Left))),
             StateProj::Verifying { future } => future.as_mut().poll(cx),
         }
     }

@@ -204,6 +204,22 @@ fn json_body(err: &AuthError) -> String {
     body
 }
 
+/// The IETF draft's `RateLimit-Limit`, `RateLimit-Remaining` and
+/// `RateLimit-Reset` (seconds until the window ends).
+pub(crate) fn set_rate_limit_headers(
+    headers: &mut HeaderMap,
+    limit: u32,
+    remaining: u32,
+    reset: std::time::Duration,
+) {
+    headers.insert("ratelimit-limit", HeaderValue::from(limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    headers.insert(
+        "ratelimit-reset",
+        HeaderValue::from(retry_after_secs(reset)),
+    );
+}
+
 impl AuthError {
     /// The HTTP response for this error, with the default realm (`api`):
     /// status, JSON body, `WWW-Authenticate` on 401, `Retry-After` on 429
@@ -215,7 +231,7 @@ impl AuthError {
 
     /// [`to_response`](AuthError::to_response) with the given realm.
     pub fn to_response_in(&self, realm: &Realm) -> Response<Full<Bytes>> {
-        let mut headers = HeaderMap::with_capacity(4);
+        let mut headers = HeaderMap::with_capacity(6);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status() == http::StatusCode::UNAUTHORIZED {
@@ -223,6 +239,9 @@ impl AuthError {
         }
         if let Some(after) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+        }
+        if let AuthError::RateLimited { retry_after, limit } = self {
+            set_rate_limit_headers(&mut headers, *limit, 0, *retry_after);
         }
         let mut response = Response::new(Full::new(body(self)));
         *response.status_mut() = self.status();
@@ -306,6 +325,21 @@ mod tests {
             .parse()
             .unwrap();
         assert!((1..=5).contains(&secs));
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn rate_limited_responses_say_when_to_come_back() {
+        let err = AuthError::RateLimited {
+            retry_after: std::time::Duration::from_millis(41_200),
+            limit: 100,
+        };
+        let response = err.to_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[RETRY_AFTER], "42");
+        assert_eq!(response.headers()["ratelimit-limit"], "100");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        assert_eq!(response.headers()["ratelimit-reset"], "42");
         assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
     }
 

@@ -1,6 +1,6 @@
 //! The embedded, in-process store.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -10,7 +10,7 @@ use dashmap::DashMap;
 
 use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord};
+use crate::record::{KeyId, KeyRecord, UniformHasher};
 
 /// Keys kept in memory: the default store, for one process and for tests.
 ///
@@ -45,28 +45,7 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-/// Passes a uniform `u64` through unchanged.
-#[derive(Default)]
-struct Uniform(u64);
-
-impl Hasher for Uniform {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by the maps below; fold anything else.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-type UniformMap<V> = DashMap<u64, V, BuildHasherDefault<Uniform>>;
+type UniformMap<V> = DashMap<u64, V, BuildHasherDefault<UniformHasher>>;
 
 fn hash_slot(hash: &KeyHash) -> u64 {
     let mut prefix = [0u8; 8];
@@ -263,6 +242,7 @@ mod tests {
             created_at: SystemTime::UNIX_EPOCH,
             expires_at: None,
             revoked_at: None,
+            rate_limit: None,
         }
     }
 

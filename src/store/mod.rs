@@ -62,6 +62,8 @@ pub struct StoreUpdate {
     pub allowed_ips: Option<Vec<IpNetwork>>,
     /// An expiry to apply if it is earlier than the current one.
     pub expires_at: Option<SystemTime>,
+    /// A new rate limit (`Some(None)` removes it).
+    pub rate_limit: Option<Option<crate::record::RateLimit>>,
 }
 
 impl StoreUpdate {
@@ -76,6 +78,9 @@ impl StoreUpdate {
         }
         if let Some(allowed) = &self.allowed_ips {
             record.allowed_ips.clone_from(allowed);
+        }
+        if let Some(limit) = self.rate_limit {
+            record.rate_limit = limit;
         }
         if let Some(at) = self.expires_at {
             record.expires_at = Some(record.expires_at.map_or(at, |current| current.min(at)));
@@ -107,6 +112,18 @@ impl Rejections {
             .saturating_add(self.wrong_environment)
             .saturating_add(self.ip_not_allowed)
             .saturating_add(self.rate_limited)
+    }
+
+    /// From counts in the order of the fields above.
+    pub(crate) fn from_counts(counts: [u64; 5]) -> Rejections {
+        let [revoked, expired, wrong_environment, ip_not_allowed, rate_limited] = counts;
+        Rejections {
+            revoked,
+            expired,
+            wrong_environment,
+            ip_not_allowed,
+            rate_limited,
+        }
     }
 
     /// Adds `other` into `self`.
