@@ -6,7 +6,8 @@
 //!
 //! Groups:
 //! - `key`: generation and parsing (valid, bad checksum, wrong length).
-//! - `lookup/{1k,100k,1m}`: `KeyManager::verify` on `MemoryStore`, and the
+//! - `lookup/{1k,100k,1m}`: `KeyManager::verify` on `MemoryStore` (usage
+//!   counting on, the default, and off), and the
 //!   floor — SHA-256 of the 40-byte key plus one lookup in a
 //!   `HashMap<[u8; 32], _>` of the same size. Each iteration draws a random
 //!   key of the store, on both sides.
@@ -31,7 +32,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
-use tm_auth::{ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey, TmKey};
+use tm_auth::{ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey, TmKey, UsageConfig};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AsyncRequireAuthorizationLayer;
 
@@ -173,6 +174,18 @@ fn lookups(c: &mut Criterion) {
             b.iter(|| {
                 let secret = chain.next(feedback);
                 let who = ready(f.manager.verify(secret, None)).ok();
+                feedback = who.as_ref().map_or(0, |w| w.id().as_u128() as u64);
+                black_box(who)
+            })
+        });
+        // The same store, with usage counting off (it is on by default).
+        let uncounted = KeyManager::new(Arc::clone(f.manager.store())).with_usage(UsageConfig::disabled());
+        let mut chain = Chain::new(&f.secrets);
+        let mut feedback = 0;
+        group.bench_function(BenchmarkId::new("verify_counting_off", label), |b| {
+            b.iter(|| {
+                let secret = chain.next(feedback);
+                let who = ready(uncounted.verify(secret, None)).ok();
                 feedback = who.as_ref().map_or(0, |w| w.id().as_u128() as u64);
                 black_box(who)
             })

@@ -6,11 +6,13 @@
 //!
 //! It listens on 127.0.0.1:3000 (set `ADDR` to change it), creates a live
 //! key on the in-memory store, and prints it with a ready-to-paste `curl`
-//! line. `GET /health` is left open. Ctrl-C stops it.
+//! line. `GET /v1/usage` shows the calling key's usage; `GET /health` is
+//! left open. Ctrl-C stops it, flushing usage and printing the key's totals.
 
 use std::net::SocketAddr;
 
 use axum::routing::{get, post};
+use axum::extract::State;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tm_auth::{ApiKeyLayer, AuthenticatedKey, KeyManager, MemoryStore, NewKey};
@@ -29,10 +31,25 @@ async fn verify(who: AuthenticatedKey) -> Json<Value> {
     }))
 }
 
+/// The calling key's own usage.
+async fn usage(State(manager): State<KeyManager>, who: AuthenticatedKey) -> Json<Value> {
+    match manager.usage(&who.id()).await {
+        Ok(usage) => Json(json!({
+            "requests": usage.requests,
+            "rejected": usage.rejected,
+            "last_used_ip": usage.last_used_ip.map(|ip| ip.to_string()),
+            "requests_this_minute": usage.per_minute.last().map_or(0, |m| m.requests),
+        })),
+        Err(err) => Json(json!({ "error": err.to_string() })),
+    }
+}
+
 /// The application: protected routes get the layer, `/health` does not.
 pub fn app(manager: KeyManager) -> Router {
     let protected = Router::new()
         .route("/v1/verify", post(verify))
+        .route("/v1/usage", get(usage))
+        .with_state(manager.clone())
         .layer(ApiKeyLayer::new(manager));
     Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -55,14 +72,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Try:\n  curl -i -X POST http://{local}/v1/verify -H 'Authorization: Bearer {}'",
         created.key.expose_secret()
     );
+    // Counts reach the store every 10 s, and once more at shutdown.
+    let usage_task = manager.spawn_usage_task(std::time::Duration::from_secs(10))?;
     // ConnectInfo gives the layer the TCP peer, for IP allowlists.
     axum::serve(
         listener,
-        app(manager).into_make_service_with_connect_info::<SocketAddr>(),
+        app(manager.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
+    usage_task.shutdown().await?;
+    let usage = manager.usage(&created.record.id).await?;
+    println!(
+        "Usage of {}: {} requests, {} rejected",
+        created.record.hint, usage.requests, usage.rejected
+    );
     Ok(())
 }

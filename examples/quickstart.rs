@@ -20,7 +20,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use tm_auth::{
     ApiKeyLayer, AuthError, AuthenticatedKey, Environment, KeyManager, KeyStatus, KeyUpdate,
-    MemoryStore, NewKey,
+    MemoryStore, NewKey, RateLimit,
 };
 
 fn show(err: &AuthError) {
@@ -179,6 +179,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "   {label}:\n   -> {status} {}",
             String::from_utf8_lossy(&body)
         );
+    }
+
+    println!("\n9. Usage of the production key, as a dashboard would show it:");
+    let usage = manager.usage(&rotated.record.id).await?;
+    let last_used = usage.last_used_at.map_or("never".to_owned(), |at| {
+        format!("{} ms ago", at.elapsed().unwrap_or_default().as_millis())
+    });
+    println!(
+        "   {} successful requests, {} rejected, last used {last_used}",
+        usage.requests, usage.rejected
+    );
+    let this_minute = usage.per_minute.last().map_or(0, |m| m.requests);
+    println!("   this minute: {this_minute} requests");
+
+    println!("\n10. A plan limit set by the provider: 2 requests per minute.");
+    let plan = RateLimit::new(2, Duration::from_secs(60));
+    let limited = manager
+        .create(NewKey::new("acct_42", "Zapier Integration").rate_limit(plan))
+        .await?;
+    for attempt in 1..=3 {
+        match manager.verify(limited.key.expose_secret(), None).await {
+            Ok(who) => {
+                let left = who.rate_limit().map_or(0, |r| r.remaining);
+                println!("   request {attempt}: accepted, {left} left this minute");
+            }
+            Err(err) => show(&err),
+        }
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::record::{KeyId, RateLimit, UniformHasher};
@@ -80,8 +80,10 @@ impl UsageConfig {
         }
     }
 
-    /// How much per-minute history each used key keeps (1 minute to 7 days;
-    /// 8 bytes a minute: 24 hours is about 11.5 KB per used key).
+    /// How much per-minute history each used key keeps (1 minute to 7 days).
+    /// It costs 8 bytes a minute, allocated an hour (480 bytes) at a time
+    /// when a key is used in that hour: at most about 11.5 KB per key for
+    /// 24 hours, for keys used around the clock.
     pub fn history(mut self, span: Duration) -> UsageConfig {
         self.history_minutes = (span.as_secs() / 60).clamp(1, 7 * 24 * 60) as usize;
         self
@@ -306,6 +308,45 @@ impl IpCell {
     }
 }
 
+/// A ring of per-minute counts, allocated an hour (480 bytes) at a time
+/// when a minute of that hour is first counted: a key used for a few
+/// minutes costs one hour of history, not a day's 11.5 KB.
+struct Minutes {
+    hours: Box<[OnceLock<Box<[AtomicU64]>>]>,
+    len: usize,
+}
+
+impl Minutes {
+    fn new(len: usize) -> Minutes {
+        Minutes {
+            hours: (0..len.div_ceil(60)).map(|_| OnceLock::new()).collect(),
+            len,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn position(&self, minute: u32) -> Option<(usize, usize)> {
+        let index = (minute as usize).checked_rem(self.len)?;
+        Some((index / 60, index % 60))
+    }
+
+    /// The slot for `minute`, allocating its hour if needed.
+    fn slot(&self, minute: u32) -> Option<&AtomicU64> {
+        let (hour, at) = self.position(minute)?;
+        let hour = self.hours.get(hour)?;
+        hour.get_or_init(|| (0..60).map(|_| AtomicU64::new(0)).collect()).get(at)
+    }
+
+    /// The slot for `minute`, if its hour was ever counted.
+    fn peek(&self, minute: u32) -> Option<&AtomicU64> {
+        let (hour, at) = self.position(minute)?;
+        self.hours.get(hour)?.get()?.get(at)
+    }
+}
+
 /// One used key's counters.
 struct Counters {
     requests: AtomicU64,
@@ -317,7 +358,7 @@ struct Counters {
     sent_last_used_ms: AtomicU64,
     last_ip: IpCell,
     /// Per-minute ring: (epoch minute, count) in each word.
-    minutes: Box<[AtomicU64]>,
+    minutes: Minutes,
     /// (epoch minute, spike threshold for that minute).
     spike: AtomicU64,
     /// (window index, requests let in) of the rate-limit window.
@@ -334,7 +375,7 @@ impl Counters {
             last_used_ms: AtomicU64::new(0),
             sent_last_used_ms: AtomicU64::new(0),
             last_ip: IpCell::default(),
-            minutes: (0..history_minutes).map(|_| AtomicU64::new(0)).collect(),
+            minutes: Minutes::new(history_minutes),
             spike: AtomicU64::new(0),
             window: AtomicU64::new(0),
         }
@@ -380,9 +421,7 @@ impl Counters {
     /// Counts a request in its minute; returns the minute's count and
     /// whether it was the first of that minute.
     fn count_minute(&self, minute: u32) -> Option<(u32, bool)> {
-        let slot = self
-            .minutes
-            .get(minute as usize % self.minutes.len().max(1))?;
+        let slot = self.minutes.slot(minute)?;
         let mut current = slot.load(Ordering::Relaxed);
         loop {
             let (at, count) = unpack(current);
@@ -401,10 +440,7 @@ impl Counters {
 
     /// Requests in `minute`, if the ring still holds it.
     fn minute_count(&self, minute: u32) -> u32 {
-        let Some(slot) = self
-            .minutes
-            .get(minute as usize % self.minutes.len().max(1))
-        else {
+        let Some(slot) = self.minutes.peek(minute) else {
             return 0;
         };
         let (at, count) = unpack(slot.load(Ordering::Relaxed));
