@@ -11,8 +11,8 @@
 
 use std::net::SocketAddr;
 
-use axum::routing::{get, post};
 use axum::extract::State;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tm_auth::{ApiKeyLayer, AuthenticatedKey, KeyManager, MemoryStore, NewKey};

@@ -26,9 +26,15 @@ pub fn render(samples: &[UsageSample]) -> String {
     out.push_str("# HELP tm_auth_requests_total Requests authenticated with the API key.\n");
     out.push_str("# TYPE tm_auth_requests_total counter\n");
     for s in samples {
-        let _ = writeln!(out, "tm_auth_requests_total{{key_id=\"{}\"}} {}", s.id, s.requests);
+        let _ = writeln!(
+            out,
+            "tm_auth_requests_total{{key_id=\"{}\"}} {}",
+            s.id, s.requests
+        );
     }
-    out.push_str("# HELP tm_auth_rejections_total Requests of the API key that were refused, by reason.\n");
+    out.push_str(
+        "# HELP tm_auth_rejections_total Requests of the API key that were refused, by reason.\n",
+    );
     out.push_str("# TYPE tm_auth_rejections_total counter\n");
     for s in samples {
         let r = &s.rejections;
@@ -49,7 +55,10 @@ pub fn render(samples: &[UsageSample]) -> String {
     out.push_str("# HELP tm_auth_last_used_timestamp_seconds When the API key was last used.\n");
     out.push_str("# TYPE tm_auth_last_used_timestamp_seconds gauge\n");
     for s in samples {
-        if let Some(at) = s.last_used_at.and_then(|at| at.duration_since(UNIX_EPOCH).ok()) {
+        if let Some(at) = s
+            .last_used_at
+            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        {
             let _ = writeln!(
                 out,
                 "tm_auth_last_used_timestamp_seconds{{key_id=\"{}\"}} {:.3}",
@@ -88,10 +97,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "Try:\n  curl http://{local}/v1/verify -H 'Authorization: Bearer {}'\n  curl http://{local}/metrics",
         created.key.expose_secret()
     );
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }

@@ -589,7 +589,7 @@ impl KeyManager {
         for batch in usage.pending() {
             self.bounded(None, self.inner.store.record_usage(&batch.deltas))
                 .await?;
-            batch.mark_sent();
+            batch.mark_sent(usage);
             written += batch.deltas.len();
         }
         Ok(written)

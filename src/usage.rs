@@ -337,7 +337,8 @@ impl Minutes {
     fn slot(&self, minute: u32) -> Option<&AtomicU64> {
         let (hour, at) = self.position(minute)?;
         let hour = self.hours.get(hour)?;
-        hour.get_or_init(|| (0..60).map(|_| AtomicU64::new(0)).collect()).get(at)
+        hour.get_or_init(|| (0..60).map(|_| AtomicU64::new(0)).collect())
+            .get(at)
     }
 
     /// The slot for `minute`, if its hour was ever counted.
@@ -347,37 +348,41 @@ impl Minutes {
     }
 }
 
-/// One used key's counters.
+/// One used key's counters. The fields every request touches come first,
+/// on one cache line; the history ring is written once a minute.
 struct Counters {
     requests: AtomicU64,
+    last_used_ms: AtomicU64,
+    /// (epoch minute, count) of the minute being counted now.
+    current: AtomicU64,
+    /// (epoch minute, spike threshold for that minute).
+    spike: AtomicU64,
     rejected: [AtomicU64; 5],
     /// What already reached the store, to compute the next delta.
     sent_requests: AtomicU64,
     sent_rejected: [AtomicU64; 5],
-    last_used_ms: AtomicU64,
     sent_last_used_ms: AtomicU64,
     last_ip: IpCell,
-    /// Per-minute ring: (epoch minute, count) in each word.
-    minutes: Minutes,
-    /// (epoch minute, spike threshold for that minute).
-    spike: AtomicU64,
     /// (window index, requests let in) of the rate-limit window.
     window: AtomicU64,
+    /// Per-minute ring of finished minutes: (epoch minute, count) in each word.
+    minutes: Minutes,
 }
 
 impl Counters {
     fn new(history_minutes: usize) -> Counters {
         Counters {
             requests: AtomicU64::new(0),
+            last_used_ms: AtomicU64::new(0),
+            current: AtomicU64::new(0),
+            spike: AtomicU64::new(0),
             rejected: Default::default(),
             sent_requests: AtomicU64::new(0),
             sent_rejected: Default::default(),
-            last_used_ms: AtomicU64::new(0),
             sent_last_used_ms: AtomicU64::new(0),
             last_ip: IpCell::default(),
-            minutes: Minutes::new(history_minutes),
-            spike: AtomicU64::new(0),
             window: AtomicU64::new(0),
+            minutes: Minutes::new(history_minutes),
         }
     }
 
@@ -419,20 +424,37 @@ impl Counters {
     }
 
     /// Counts a request in its minute; returns the minute's count and
-    /// whether it was the first of that minute.
+    /// whether it was the first of that minute. The thread that starts a new
+    /// minute files the finished one in the history ring.
     fn count_minute(&self, minute: u32) -> Option<(u32, bool)> {
-        let slot = self.minutes.slot(minute)?;
-        let mut current = slot.load(Ordering::Relaxed);
+        if self.minutes.len() == 0 {
+            return None;
+        }
+        let mut current = self.current.load(Ordering::Relaxed);
         loop {
             let (at, count) = unpack(current);
             let next = match at.cmp(&minute) {
                 std::cmp::Ordering::Equal => pack(minute, count.saturating_add(1)),
                 std::cmp::Ordering::Less => pack(minute, 1),
-                // A request stamped before the slot's minute (a clock step back).
+                // A request stamped before the minute being counted (a clock
+                // step back, or a slow thread): in the totals, not the history.
                 std::cmp::Ordering::Greater => return None,
             };
-            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some((unpack(next).1, at != minute)),
+            match self.current.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let first = at != minute;
+                    if first && count > 0 {
+                        if let Some(slot) = self.minutes.slot(at) {
+                            slot.store(current, Ordering::Relaxed);
+                        }
+                    }
+                    return Some((unpack(next).1, first));
+                }
                 Err(actual) => current = actual,
             }
         }
@@ -440,6 +462,10 @@ impl Counters {
 
     /// Requests in `minute`, if the ring still holds it.
     fn minute_count(&self, minute: u32) -> u32 {
+        let (at, count) = unpack(self.current.load(Ordering::Relaxed));
+        if at == minute {
+            return count;
+        }
         let Some(slot) = self.minutes.peek(minute) else {
             return 0;
         };
@@ -458,7 +484,9 @@ pub(crate) enum Event {
     NewIp(NewIp),
 }
 
-type KeyMap = papaya::HashMap<KeyId, Arc<Counters>, BuildHasherDefault<UniformHasher>>;
+// Counters live inside the map's entries: one allocation and one cache miss
+// fewer per request than a pointer to them would cost.
+type KeyMap = papaya::HashMap<KeyId, Counters, BuildHasherDefault<UniformHasher>>;
 
 /// The manager's counters for every used key.
 pub(crate) struct Tracker {
@@ -481,7 +509,13 @@ impl Tracker {
         let (events, receiver) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         Tracker {
             config,
-            keys: KeyMap::default(),
+            // Counters are inserted once per key and then only read: blocking
+            // resizes finish at once, where incremental ones leave reads
+            // searching two tables until later writes complete the move.
+            keys: papaya::HashMap::builder()
+                .hasher(BuildHasherDefault::<UniformHasher>::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
             events,
             receiver: std::sync::Mutex::new(Some(receiver)),
             dropped_events: AtomicU64::new(0),
@@ -493,17 +527,19 @@ impl Tracker {
         &self.config
     }
 
-    fn counters(&self, id: KeyId) -> Arc<Counters> {
+    /// Runs `f` on `id`'s counters, creating them on the key's first use.
+    /// The map is read under its guard: no reference count is touched.
+    fn with_counters<R>(&self, id: KeyId, f: impl FnOnce(&Counters) -> R) -> R {
         let keys = self.keys.pin();
         if let Some(found) = keys.get(&id) {
-            return Arc::clone(found);
+            return f(found);
         }
         let history = if self.config.enabled {
             self.config.history_minutes
         } else {
             0
         };
-        Arc::clone(keys.get_or_insert_with(id, || Arc::new(Counters::new(history))))
+        f(keys.get_or_insert_with(id, || Counters::new(history)))
     }
 
     fn send(&self, event: Event) {
@@ -519,18 +555,21 @@ impl Tracker {
         limit: RateLimit,
         now: SystemTime,
     ) -> Result<RateLimitStatus, Duration> {
-        let counters = self.counters(id);
-        let taken = counters.take(limit, millis(now));
-        if taken.is_err() && self.config.enabled {
-            counters.rejected[Rejection::RateLimited as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        taken
+        self.with_counters(id, |counters| {
+            let taken = counters.take(limit, millis(now));
+            if taken.is_err() && self.config.enabled {
+                counters.rejected[Rejection::RateLimited as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            taken
+        })
     }
 
     /// Counts a refused request of a real key.
     pub(crate) fn rejected(&self, id: KeyId, reason: Rejection) {
         if self.config.enabled {
-            self.counters(id).rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+            self.with_counters(id, |c| {
+                c.rejected[reason as usize].fetch_add(1, Ordering::Relaxed)
+            });
         }
     }
 
@@ -539,37 +578,42 @@ impl Tracker {
         if !self.config.enabled {
             return;
         }
-        let counters = self.counters(id);
-        counters.requests.fetch_add(1, Ordering::Relaxed);
-        let now_ms = millis(now);
-        counters.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
-        if let Some(ip) = ip {
-            if counters.last_ip.load() != Some(ip) {
-                counters.last_ip.store(ip);
-                self.send(Event::NewIp(NewIp { id, ip, at: now }));
+        self.with_counters(id, |counters| {
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+            let now_ms = millis(now);
+            // A plain store, not a locked read-modify-write: two requests in
+            // the same instant may leave either time, both correct.
+            if counters.last_used_ms.load(Ordering::Relaxed) < now_ms {
+                counters.last_used_ms.store(now_ms, Ordering::Relaxed);
             }
-        }
-        let minute = (now_ms / 60_000) as u32;
-        let Some((count, first)) = counters.count_minute(minute) else {
-            return;
-        };
-        if first {
-            let average = self.trailing_average(&counters, minute);
-            let threshold = (average * self.config.spike_multiple).ceil();
-            let threshold = (threshold as u32).max(self.config.spike_floor);
-            counters
-                .spike
-                .store(pack(minute, threshold), Ordering::Relaxed);
-        }
-        let (at, threshold) = unpack(counters.spike.load(Ordering::Relaxed));
-        if at == minute && count == threshold {
-            self.send(Event::Spike(Spike {
-                id,
-                minute: time_of(u64::from(minute) * 60_000),
-                requests: u64::from(count),
-                trailing_average: self.trailing_average(&counters, minute),
-            }));
-        }
+            if let Some(ip) = ip {
+                if counters.last_ip.load() != Some(ip) {
+                    counters.last_ip.store(ip);
+                    self.send(Event::NewIp(NewIp { id, ip, at: now }));
+                }
+            }
+            let minute = (now_ms / 60_000) as u32;
+            let Some((count, first)) = counters.count_minute(minute) else {
+                return;
+            };
+            if first {
+                let average = self.trailing_average(counters, minute);
+                let threshold = (average * self.config.spike_multiple).ceil();
+                let threshold = (threshold as u32).max(self.config.spike_floor);
+                counters
+                    .spike
+                    .store(pack(minute, threshold), Ordering::Relaxed);
+            }
+            let (at, threshold) = unpack(counters.spike.load(Ordering::Relaxed));
+            if at == minute && count == threshold {
+                self.send(Event::Spike(Spike {
+                    id,
+                    minute: time_of(u64::from(minute) * 60_000),
+                    requests: u64::from(count),
+                    trailing_average: self.trailing_average(counters, minute),
+                }));
+            }
+        });
     }
 
     fn trailing_average(&self, counters: &Counters, minute: u32) -> f64 {
@@ -672,7 +716,7 @@ impl Tracker {
             }
             batch.deltas.push(delta);
             batch.marks.push(Mark {
-                counters: Arc::clone(c),
+                id: *id,
                 requests,
                 rejected,
                 last,
@@ -704,7 +748,7 @@ pub(crate) struct PendingBatch {
 }
 
 struct Mark {
-    counters: Arc<Counters>,
+    id: KeyId,
     requests: u64,
     rejected: [u64; 5],
     last: u64,
@@ -712,9 +756,12 @@ struct Mark {
 
 impl PendingBatch {
     /// Records that the store holds these counts now.
-    pub(crate) fn mark_sent(&self) {
+    pub(crate) fn mark_sent(&self, tracker: &Tracker) {
+        let keys = tracker.keys.pin();
         for mark in &self.marks {
-            let c = &mark.counters;
+            let Some(c) = keys.get(&mark.id) else {
+                continue;
+            };
             c.sent_requests.store(mark.requests, Ordering::Relaxed);
             for (sent, value) in c.sent_rejected.iter().zip(mark.rejected) {
                 sent.store(value, Ordering::Relaxed);
@@ -832,17 +879,35 @@ mod tests {
         let counters = Counters::new(3);
         assert_eq!(counters.count_minute(100), Some((1, true)));
         assert_eq!(counters.count_minute(100), Some((2, false)));
-        assert_eq!(
-            counters.count_minute(103),
-            Some((1, true)),
-            "same slot, new minute"
-        );
+        assert_eq!(counters.count_minute(101), Some((1, true)));
+        assert_eq!(counters.minute_count(100), 2, "filed in the ring");
+        assert_eq!(counters.minute_count(101), 1, "being counted");
+        assert_eq!(counters.count_minute(103), Some((1, true)));
+        assert_eq!(counters.minute_count(101), 1);
+        // Filing 103 reuses 100's slot (a ring of three minutes).
+        assert_eq!(counters.count_minute(104), Some((1, true)));
         assert_eq!(counters.minute_count(100), 0, "overwritten");
         assert_eq!(counters.minute_count(103), 1);
         assert_eq!(
             counters.count_minute(100),
             None,
-            "older than the slot's minute"
+            "older than the minute being counted"
         );
+        assert_eq!(Counters::new(0).count_minute(5), None, "no history kept");
+    }
+
+    #[test]
+    fn history_is_allocated_an_hour_at_a_time() {
+        let minutes = Minutes::new(24 * 60);
+        let allocated = |m: &Minutes| m.hours.iter().filter(|h| h.get().is_some()).count();
+        assert_eq!(allocated(&minutes), 0);
+        assert!(minutes.peek(1_000).is_none(), "reading allocates nothing");
+        minutes.slot(1_000).unwrap();
+        minutes.slot(1_001).unwrap();
+        assert_eq!(allocated(&minutes), 1);
+        let odd = Minutes::new(90);
+        assert_eq!(odd.hours.len(), 2);
+        assert!(odd.slot(89).is_some() && odd.slot(90).is_some());
+        assert!(Minutes::new(0).slot(5).is_none());
     }
 }

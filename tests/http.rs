@@ -63,7 +63,12 @@ async fn send(connect_to: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply 
 }
 
 /// One request over a fresh connection to `connect_to`.
-async fn send_as(method: http::Method, connect_to: &str, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+async fn send_as(
+    method: http::Method,
+    connect_to: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Reply {
     let stream = tokio::net::TcpStream::connect(connect_to).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -112,7 +117,13 @@ async fn the_example_router_over_tcp() {
     assert_eq!(ok.json()["key"]["id"], created.record.id.to_string());
 
     // The caller's own usage, counted by the same manager.
-    let usage = send_as(http::Method::GET, &addr, "/v1/usage", &[("authorization", &bearer(secret))]).await;
+    let usage = send_as(
+        http::Method::GET,
+        &addr,
+        "/v1/usage",
+        &[("authorization", &bearer(secret))],
+    )
+    .await;
     assert_eq!(usage.status, StatusCode::OK, "{}", usage.body);
     assert_eq!(usage.json()["requests"], 2, "the POST above and this GET");
     assert_eq!(usage.json()["last_used_ip"], "127.0.0.1");
