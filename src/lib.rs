@@ -13,6 +13,8 @@
 //!   name and IP restrictions, revocation that works on the very next
 //!   request, rotation with a grace period.
 //! - **Storage** ([`KeyStore`]): the in-memory [`MemoryStore`], or your own.
+//! - **Usage** ([`usage`]): per-key counts, per-minute history, spike and
+//!   new-address alerts, per-key rate limits ([`RateLimit`]) answered with 429.
 //! - **HTTP** ([`ApiKeyLayer`]): `Authorization: Bearer tm_live_…`, JSON
 //!   errors with a stable `code` and a `hint`, RFC 6750 `WWW-Authenticate`,
 //!   IP allowlists that honour only trusted proxies.
