@@ -156,17 +156,12 @@ fn lookups(c: &mut Criterion) {
     let mut group = c.benchmark_group("lookup");
     for (label, n) in [("1k", 1_000), ("100k", 100_000), ("1m", 1_000_000)] {
         let f = fixture(n);
-        let mut chain = Chain::new(&f.secrets);
-        let mut feedback = 0;
-        group.bench_function(BenchmarkId::new("floor", label), |b| {
-            b.iter(|| {
-                let secret = chain.next(feedback);
-                let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-                let found = f.floor.get(&hash).copied();
-                feedback = u64::from(found.unwrap_or(0));
-                black_box(found)
-            })
-        });
+        bench_floor(
+            &mut group,
+            BenchmarkId::new("floor", label),
+            &f.secrets,
+            &f.floor,
+        );
         let mut chain = Chain::new(&f.secrets);
         let mut feedback = 0;
         let _guard = f.runtime.enter();
@@ -196,6 +191,26 @@ fn lookups(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The floor: SHA-256 of the key and one lookup in a `HashMap<[u8; 32], _>`.
+fn bench_floor(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    secrets: &[String],
+    floor: &HashMap<[u8; 32], u32>,
+) {
+    let mut chain = Chain::new(secrets);
+    let mut feedback = 0;
+    group.bench_function(id, |b| {
+        b.iter(|| {
+            let secret = chain.next(feedback);
+            let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            let found = floor.get(&hash).copied();
+            feedback = u64::from(found.unwrap_or(0));
+            black_box(found)
+        })
+    });
 }
 
 /// Uses every key once, so the figures that follow are steady state.
@@ -334,17 +349,12 @@ fn layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer/1m");
     let rt = &f.runtime;
     // The floor again, in this group, so the ratios compare figures of one run.
-    let mut chain = Chain::new(&valid);
-    let mut feedback = 0;
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            let secret = chain.next(feedback);
-            let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-            let found = f.floor.get(&hash).copied();
-            feedback = u64::from(found.unwrap_or(0));
-            black_box(found)
-        })
-    });
+    bench_floor(
+        &mut group,
+        BenchmarkId::from_parameter("floor"),
+        &valid,
+        &f.floor,
+    );
     bench_service(&mut group, rt, "bare", bare(), &valid, StatusCode::OK);
     bench_service(
         &mut group,
