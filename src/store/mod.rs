@@ -19,6 +19,8 @@ use ipnetwork::IpNetwork;
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod memory;
 
 pub use memory::MemoryStore;

@@ -1,0 +1,583 @@
+//! Behavioural checks any [`KeyStore`] must pass (feature `conformance`).
+//!
+//! Run them against your own backend from a test. Each check gets a fresh,
+//! empty store from your closure, so checks cannot disturb each other:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use tm_auth::store::conformance;
+//! use tm_auth::MemoryStore;
+//!
+//! conformance::run(|| async { MemoryStore::new() }).await.unwrap();
+//! # }
+//! ```
+//!
+//! For a database, have the closure create a new schema, database or file.
+//! The checks use timestamps with millisecond precision (what DESIGN.md asks
+//! a store to keep) and IPv4 and IPv6 allowlists. On failure the error lists
+//! every failed check by name with what was wrong.
+//!
+//! What they check: records round-trip unchanged; duplicates by id or by hash
+//! are refused with [`StoreError::Conflict`]; owners list in insertion order,
+//! revoked keys included; updates change the name, allowlist and rate limit,
+//! only ever shorten an expiry and never touch a revoked record; revocation
+//! keeps its first time and is seen by the next lookup; usage batches add up,
+//! the latest use wins and unknown ids are ignored;
+//! [`find_by_hash_now`](KeyStore::find_by_hash_now), when it answers, agrees
+//! with `find_by_hash`; concurrent inserts and revocations lose nothing.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta};
+use crate::key::{Environment, TmKey};
+use crate::record::{KeyId, KeyRecord, RateLimit};
+
+/// One failed check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The check's name, e.g. `"update_never_lengthens_expiry"`.
+    pub check: &'static str,
+    /// What went wrong.
+    pub problem: String,
+}
+
+/// Every check that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failures(pub Vec<Failure>);
+
+impl fmt::Display for Failures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} store conformance check(s) failed:", self.0.len())?;
+        for failure in &self.0 {
+            writeln!(f, "- {}: {}", failure.check, failure.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failures {}
+
+type Outcome = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+fn at_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A record for `owner` with millisecond timestamps and both kinds of networks.
+pub fn sample_record(owner: &str) -> KeyRecord {
+    let key = TmKey::generate(Environment::Live);
+    KeyRecord {
+        hash: key.hash(),
+        revoked_at: None,
+        expires_at: Some(at_ms(4_102_444_800_123)),
+        allowed_ips: vec![
+            "203.0.113.0/24"
+                .parse()
+                .unwrap_or_else(|_| unreachable_network()),
+            "2001:db8::/32"
+                .parse()
+                .unwrap_or_else(|_| unreachable_network()),
+        ],
+        environment: Environment::Live,
+        hint: key.hint(),
+        rate_limit: Some(RateLimit::new(100, Duration::from_secs(300))),
+        id: KeyId::generate(),
+        owner: owner.to_owned(),
+        name: "Production - Main Website".to_owned(),
+        created_at: at_ms(1_767_225_600_456),
+    }
+}
+
+#[cold]
+fn unreachable_network() -> ipnetwork::IpNetwork {
+    // Both literals above are valid networks; this keeps the kit free of panics.
+    ipnetwork::IpNetwork::from(IpAddr::from([0, 0, 0, 0]))
+}
+
+async fn insert(store: &dyn KeyStore, record: &KeyRecord) -> Outcome {
+    store
+        .insert(record.clone())
+        .await
+        .map_err(|e| format!("insert failed: {e}"))
+}
+
+async fn round_trip(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    let found = store
+        .find_by_hash(&record.hash)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        found.as_deref() == Some(&record),
+        "find_by_hash returned {found:?}, expected {record:?}"
+    );
+    let got = store.get(&record.id).await.map_err(|e| e.to_string())?;
+    ensure!(
+        got.as_ref() == Some(&record),
+        "get returned {got:?}, expected {record:?}"
+    );
+    let mut test_key = sample_record("acct_1");
+    test_key.environment = Environment::Test;
+    test_key.expires_at = None;
+    test_key.rate_limit = None;
+    test_key.allowed_ips.clear();
+    insert(store, &test_key).await?;
+    let got = store.get(&test_key.id).await.map_err(|e| e.to_string())?;
+    ensure!(
+        got.as_ref() == Some(&test_key),
+        "a record without expiry, limit or allowlist came back as {got:?}"
+    );
+    Ok(())
+}
+
+async fn unknown_lookups(store: &dyn KeyStore) -> Outcome {
+    let stranger = sample_record("acct_1");
+    ensure!(
+        store
+            .find_by_hash(&stranger.hash)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "find_by_hash found a key that was never inserted"
+    );
+    ensure!(
+        store
+            .get(&stranger.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "get found an unknown id"
+    );
+    ensure!(
+        store
+            .list_by_owner("nobody")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_empty(),
+        "an unknown owner has keys"
+    );
+    let update = StoreUpdate {
+        name: Some("x".into()),
+        ..StoreUpdate::default()
+    };
+    ensure!(
+        store
+            .update(&stranger.id, &update)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "update of an unknown id answered a record"
+    );
+    ensure!(
+        store
+            .revoke(&stranger.id, at_ms(1))
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "revoke of an unknown id answered a record"
+    );
+    ensure!(
+        store
+            .usage(&stranger.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none(),
+        "usage of an unknown id answered totals"
+    );
+    Ok(())
+}
+
+async fn duplicates_conflict(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    let same_id = KeyRecord {
+        hash: sample_record("acct_1").hash,
+        ..record.clone()
+    };
+    ensure!(
+        matches!(store.insert(same_id).await, Err(StoreError::Conflict)),
+        "a second record with the same id was not refused with Conflict"
+    );
+    let same_hash = KeyRecord {
+        id: KeyId::generate(),
+        ..record.clone()
+    };
+    ensure!(
+        matches!(store.insert(same_hash).await, Err(StoreError::Conflict)),
+        "a second record with the same hash was not refused with Conflict"
+    );
+    let listed = store
+        .list_by_owner("acct_1")
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        listed.len() == 1,
+        "after refused duplicates the owner lists {} keys",
+        listed.len()
+    );
+    Ok(())
+}
+
+async fn lists_in_insertion_order(store: &dyn KeyStore) -> Outcome {
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        let mut record = sample_record(if i % 3 == 0 { "acct_other" } else { "acct_1" });
+        // The same creation time for all: order must come from insertion.
+        record.created_at = at_ms(1_767_225_600_000);
+        if i % 3 != 0 {
+            expected.push(record.id);
+        }
+        insert(store, &record).await?;
+    }
+    store
+        .revoke(&expected[1], at_ms(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let listed: Vec<KeyId> = store
+        .list_by_owner("acct_1")
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    ensure!(
+        listed == expected,
+        "listed {listed:?}, expected insertion order {expected:?} (revoked included)"
+    );
+    Ok(())
+}
+
+async fn update_changes_what_it_says(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    let allowed: Vec<ipnetwork::IpNetwork> =
+        vec!["198.51.100.7/32".parse().map_err(|e| format!("{e}"))?];
+    let update = StoreUpdate {
+        name: Some("Renamed".into()),
+        allowed_ips: Some(allowed.clone()),
+        rate_limit: Some(None),
+        ..StoreUpdate::default()
+    };
+    let updated = store
+        .update(&record.id, &update)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("update answered None for a stored key")?;
+    let expected = KeyRecord {
+        name: "Renamed".into(),
+        allowed_ips: allowed,
+        rate_limit: None,
+        ..record.clone()
+    };
+    ensure!(
+        updated == expected,
+        "update answered {updated:?}, expected {expected:?}"
+    );
+    let stored = store.get(&record.id).await.map_err(|e| e.to_string())?;
+    ensure!(
+        stored.as_ref() == Some(&expected),
+        "after update the store holds {stored:?}"
+    );
+    let limit = RateLimit::new(5, Duration::from_secs(60));
+    let update = StoreUpdate {
+        rate_limit: Some(Some(limit)),
+        ..StoreUpdate::default()
+    };
+    let updated = store
+        .update(&record.id, &update)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        updated.and_then(|r| r.rate_limit) == Some(limit),
+        "a rate limit could not be set"
+    );
+    Ok(())
+}
+
+async fn update_never_lengthens_expiry(store: &dyn KeyStore) -> Outcome {
+    let mut record = sample_record("acct_1");
+    record.expires_at = None;
+    insert(store, &record).await?;
+    let expire = |ms| StoreUpdate {
+        expires_at: Some(at_ms(ms)),
+        ..StoreUpdate::default()
+    };
+    for (ms, expected) in [
+        (2_000_000_000_000, 2_000_000_000_000),
+        (3_000_000_000_000, 2_000_000_000_000),
+        (1_900_000_000_000, 1_900_000_000_000),
+    ] {
+        let got = store
+            .update(&record.id, &expire(ms))
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|r| r.expires_at);
+        ensure!(
+            got == Some(at_ms(expected)),
+            "asking for expiry {ms} left {got:?}, expected {expected} ms"
+        );
+    }
+    Ok(())
+}
+
+async fn revocation_is_final(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    let first = store
+        .revoke(&record.id, at_ms(1_800_000_000_000))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("revoke answered None for a stored key")?;
+    ensure!(
+        first.revoked_at == Some(at_ms(1_800_000_000_000)),
+        "revoke set {:?}",
+        first.revoked_at
+    );
+    let second = store
+        .revoke(&record.id, at_ms(1_900_000_000_000))
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        second.and_then(|r| r.revoked_at) == first.revoked_at,
+        "a second revoke changed revoked_at"
+    );
+    let found = store
+        .find_by_hash(&record.hash)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        found.and_then(|r| r.revoked_at) == first.revoked_at,
+        "the next lookup did not see the revocation"
+    );
+    let update = StoreUpdate {
+        name: Some("Renamed".into()),
+        allowed_ips: Some(Vec::new()),
+        expires_at: Some(at_ms(1)),
+        rate_limit: Some(None),
+    };
+    let after = store
+        .update(&record.id, &update)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("update of a revoked key answered None")?;
+    let expected = KeyRecord {
+        revoked_at: first.revoked_at,
+        ..record.clone()
+    };
+    ensure!(
+        after == expected,
+        "an update changed a revoked record: {after:?}"
+    );
+    Ok(())
+}
+
+async fn usage_adds_up(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    let totals = store.usage(&record.id).await.map_err(|e| e.to_string())?;
+    ensure!(
+        totals
+            .as_ref()
+            .is_some_and(|t| t.requests == 0 && t.last_used_at.is_none()),
+        "a new key's usage is {totals:?}"
+    );
+    let ip_a: IpAddr = "203.0.113.1".parse().map_err(|e| format!("{e}"))?;
+    let ip_b: IpAddr = "2001:db8::9".parse().map_err(|e| format!("{e}"))?;
+    let mut later = UsageDelta::new(record.id);
+    later.requests = 5;
+    later.rejected = Rejections::from_counts([1, 0, 2, 0, 3]);
+    later.last_used_at = Some(at_ms(1_800_000_000_200));
+    later.last_used_ip = Some(ip_b);
+    let mut earlier = UsageDelta::new(record.id);
+    earlier.requests = 2;
+    earlier.last_used_at = Some(at_ms(1_800_000_000_100));
+    earlier.last_used_ip = Some(ip_a);
+    let stranger = UsageDelta::new(KeyId::generate());
+    store
+        .record_usage(&[later, stranger])
+        .await
+        .map_err(|e| format!("record_usage failed: {e}"))?;
+    store
+        .record_usage(&[earlier])
+        .await
+        .map_err(|e| format!("record_usage failed: {e}"))?;
+    let totals = store
+        .usage(&record.id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("usage answered None for a stored key")?;
+    ensure!(
+        totals.requests == 7,
+        "requests add up to {}, expected 7",
+        totals.requests
+    );
+    ensure!(
+        totals.rejected == Rejections::from_counts([1, 0, 2, 0, 3]),
+        "rejections are {:?}",
+        totals.rejected
+    );
+    ensure!(
+        totals.last_used_at == Some(at_ms(1_800_000_000_200)) && totals.last_used_ip == Some(ip_b),
+        "the latest use should win: got {:?} from {:?}",
+        totals.last_used_at,
+        totals.last_used_ip
+    );
+    Ok(())
+}
+
+async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    let stranger = sample_record("acct_1");
+    for hash in [record.hash, stranger.hash] {
+        if let Some(now) = store.find_by_hash_now(&hash) {
+            let now = now.map_err(|e| e.to_string())?;
+            let later = store.find_by_hash(&hash).await.map_err(|e| e.to_string())?;
+            ensure!(
+                now == later,
+                "find_by_hash_now answered {now:?} where find_by_hash answered {later:?}"
+            );
+        }
+    }
+    store
+        .revoke(&record.id, at_ms(7))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(now) = store.find_by_hash_now(&record.hash) {
+        let now = now.map_err(|e| e.to_string())?;
+        ensure!(
+            now.and_then(|r| r.revoked_at).is_some(),
+            "find_by_hash_now did not see a revocation"
+        );
+    }
+    Ok(())
+}
+
+async fn concurrency_loses_nothing(store: Arc<dyn KeyStore>) -> Outcome {
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(async move {
+            let mut ids = Vec::new();
+            for _ in 0..25 {
+                let record = sample_record(&format!("acct_{task}"));
+                store
+                    .insert(record.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store
+                    .revoke(&record.id, at_ms(9))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ids.push(record);
+            }
+            Ok::<_, String>(ids)
+        });
+    }
+    // Run them interleaved on the caller's runtime, without requiring a spawner.
+    let results = join_all(tasks).await;
+    for (task, result) in results.into_iter().enumerate() {
+        let records = result?;
+        let listed = store
+            .list_by_owner(&format!("acct_{task}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        ensure!(
+            listed.len() == records.len(),
+            "owner acct_{task} lists {} of {} keys",
+            listed.len(),
+            records.len()
+        );
+        for record in records {
+            let found = store
+                .find_by_hash(&record.hash)
+                .await
+                .map_err(|e| e.to_string())?;
+            ensure!(
+                found.is_some_and(|r| r.revoked_at.is_some()),
+                "a concurrently revoked key is not revoked"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Polls all futures together until each has finished.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Runs every check, each on a fresh store from `fresh`, and reports all
+/// failures.
+pub async fn run<S, F, Fut>(mut fresh: F) -> Result<(), Failures>
+where
+    S: KeyStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let mut failures = Vec::new();
+    macro_rules! check {
+        ($name:ident) => {{
+            let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
+            if let Err(problem) = $name(&*store).await {
+                failures.push(Failure {
+                    check: stringify!($name),
+                    problem,
+                });
+            }
+        }};
+    }
+    check!(round_trip);
+    check!(unknown_lookups);
+    check!(duplicates_conflict);
+    check!(lists_in_insertion_order);
+    check!(update_changes_what_it_says);
+    check!(update_never_lengthens_expiry);
+    check!(revocation_is_final);
+    check!(usage_adds_up);
+    check!(answers_now_agree);
+    let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
+    if let Err(problem) = concurrency_loses_nothing(store).await {
+        failures.push(Failure {
+            check: "concurrency_loses_nothing",
+            problem,
+        });
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failures(failures))
+    }
+}

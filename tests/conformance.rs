@@ -1,0 +1,97 @@
+//! The store conformance kit: the in-memory store passes, a trait object
+//! passes, and a store that breaks the rules is caught, check by check.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tm_auth::store::{conformance, StoreUpdate, UsageDelta, UsageTotals};
+use tm_auth::{KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, StoreError};
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    if let Err(failures) = conformance::run(|| async { MemoryStore::new() }).await {
+        panic!("{failures}");
+    }
+}
+
+#[tokio::test]
+async fn trait_objects_conform() {
+    let result =
+        conformance::run(|| async { Arc::new(MemoryStore::new()) as Arc<dyn KeyStore> }).await;
+    assert_eq!(result, Ok(()));
+}
+
+/// Lengthens expiries, lists newest first and lets a second revoke move
+/// `revoked_at`: three rules broken.
+struct Careless(MemoryStore);
+
+#[async_trait]
+impl KeyStore for Careless {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.0.insert(record).await
+    }
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.0.find_by_hash(hash).await
+    }
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.get(id).await
+    }
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut listed = self.0.list_by_owner(owner).await?;
+        listed.reverse();
+        Ok(listed)
+    }
+    async fn update(
+        &self,
+        id: &KeyId,
+        update: &StoreUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // Applies the new expiry even when it is later.
+        let Some(mut record) = self.0.get(id).await? else {
+            return Ok(None);
+        };
+        if let Some(at) = update.expires_at {
+            record.expires_at = Some(at);
+        }
+        if let Some(name) = &update.name {
+            record.name.clone_from(name);
+        }
+        Ok(Some(record))
+    }
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
+        let first = self.0.revoke(id, at).await?;
+        Ok(first.map(|mut r| {
+            r.revoked_at = Some(at);
+            r
+        }))
+    }
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.0.record_usage(batch).await
+    }
+    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        self.0.usage(id).await
+    }
+}
+
+#[tokio::test]
+async fn broken_rules_are_named() {
+    let failures = conformance::run(|| async { Careless(MemoryStore::new()) })
+        .await
+        .unwrap_err();
+    let failed: Vec<&str> = failures.0.iter().map(|f| f.check).collect();
+    for expected in [
+        "lists_in_insertion_order",
+        "update_never_lengthens_expiry",
+        "revocation_is_final",
+    ] {
+        assert!(
+            failed.contains(&expected),
+            "{expected} not caught: {failures}"
+        );
+    }
+    assert!(!failed.contains(&"round_trip"), "{failures}");
+    assert!(failures
+        .to_string()
+        .contains("update_never_lengthens_expiry"));
+}
