@@ -45,6 +45,7 @@
 //! - `axum`: [`AuthenticatedKey`] as an axum extractor, and the client IP
 //!   read from axum's `ConnectInfo<SocketAddr>`.
 //! - `serde`: `Serialize`/`Deserialize` for ids, hints, environments and statuses.
+//! - `sqlite`: `store::sqlite::SqliteStore`, keys in an SQLite file.
 //! - `conformance`: `store::conformance`, the behavioural checks every
 //!   [`KeyStore`] must pass, for your own backends' tests.
 //!

@@ -22,6 +22,8 @@ use crate::record::{KeyId, KeyRecord};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use memory::MemoryStore;
 

@@ -1,0 +1,427 @@
+//! [`SqliteStore`]: keys in an SQLite file, for one machine (feature `sqlite`).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ipnetwork::IpNetwork;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use crate::key::{Environment, KeyHash, KeyHint};
+use crate::record::{KeyId, KeyRecord, RateLimit};
+
+/// Schema changes, applied in order on connect; `PRAGMA user_version`
+/// records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tm_auth_keys (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id BLOB NOT NULL UNIQUE,
+    hash BLOB NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    environment TEXT NOT NULL CHECK (environment IN ('live', 'test')),
+    hint TEXT NOT NULL,
+    allowed_ips TEXT NOT NULL,
+    rate_limit_requests INTEGER,
+    rate_limit_window_ms INTEGER,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER
+);
+CREATE INDEX tm_auth_keys_by_owner ON tm_auth_keys (owner, seq);
+CREATE TABLE tm_auth_usage (
+    id BLOB PRIMARY KEY REFERENCES tm_auth_keys (id),
+    requests INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    expired INTEGER NOT NULL DEFAULT 0,
+    wrong_environment INTEGER NOT NULL DEFAULT 0,
+    ip_not_allowed INTEGER NOT NULL DEFAULT 0,
+    rate_limited INTEGER NOT NULL DEFAULT 0,
+    last_used_at_ms INTEGER,
+    last_used_ip TEXT
+);
+"#];
+
+const COLUMNS: &str =
+    "id, hash, owner, name, environment, hint, allowed_ips, rate_limit_requests, \
+                       rate_limit_window_ms, created_at_ms, expires_at_ms, revoked_at_ms";
+
+/// Rows per usage statement: SQLite allows 32 766 parameters, nine a row.
+const USAGE_ROWS_PER_STATEMENT: usize = 1_000;
+
+/// Keys in SQLite: persistent, for one machine (several processes on it may
+/// share the file). Runs its migrations on connect and uses WAL mode for
+/// files. Timestamps are stored as UTC milliseconds, allowlists as
+/// normalised text, the id and hash as blobs; never a plaintext key.
+///
+/// A revocation is one `UPDATE … WHERE revoked_at_ms IS NULL`: it is atomic,
+/// keeps its first time, and is seen by the next lookup of every process
+/// using the file.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tm_auth::store::sqlite::SqliteStore;
+/// use tm_auth::{KeyManager, NewKey};
+///
+/// let store = SqliteStore::in_memory().await?; // or SqliteStore::open("keys.db")
+/// let manager = KeyManager::new(store);
+/// let created = manager.create(NewKey::new("acct_42", "Production")).await?;
+/// assert!(manager.verify(created.key.expose_secret(), None).await.is_ok());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend(err)
+}
+
+fn sql_error(err: sqlx::Error) -> StoreError {
+    if err
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+    {
+        StoreError::Conflict
+    } else {
+        backend(err)
+    }
+}
+
+/// A stored row that this version cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("a stored key row is corrupt: {0}")]
+struct CorruptRow(&'static str);
+
+fn corrupt(what: &'static str) -> StoreError {
+    backend(CorruptRow(what))
+}
+
+fn to_ms(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+fn count(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn id_bytes(id: &KeyId) -> Vec<u8> {
+    id.as_u128().to_le_bytes().to_vec()
+}
+
+fn allowlist_text(networks: &[IpNetwork]) -> String {
+    networks
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn record_from(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+    let get_err = |_| corrupt("a column is missing or has the wrong type");
+    let id: Vec<u8> = row.try_get("id").map_err(get_err)?;
+    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("id is not 16 bytes"))?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(get_err)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| corrupt("hash is not 32 bytes"))?;
+    let environment: String = row.try_get("environment").map_err(get_err)?;
+    let environment =
+        Environment::from_str(&environment).map_err(|_| corrupt("unknown environment"))?;
+    let hint: String = row.try_get("hint").map_err(get_err)?;
+    let hint = KeyHint::from_str(&hint).map_err(|_| corrupt("bad hint"))?;
+    let allowed: String = row.try_get("allowed_ips").map_err(get_err)?;
+    let allowed_ips = allowed
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(IpNetwork::from_str)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| corrupt("bad allowlist"))?;
+    let requests: Option<i64> = row.try_get("rate_limit_requests").map_err(get_err)?;
+    let window: Option<i64> = row.try_get("rate_limit_window_ms").map_err(get_err)?;
+    let rate_limit = match (requests, window) {
+        (Some(requests), Some(window)) => Some(RateLimit::new(
+            u32::try_from(requests).map_err(|_| corrupt("rate limit out of range"))?,
+            Duration::from_millis(
+                u64::try_from(window).map_err(|_| corrupt("rate window out of range"))?,
+            ),
+        )),
+        _ => None,
+    };
+    let created_at: i64 = row.try_get("created_at_ms").map_err(get_err)?;
+    let expires_at: Option<i64> = row.try_get("expires_at_ms").map_err(get_err)?;
+    let revoked_at: Option<i64> = row.try_get("revoked_at_ms").map_err(get_err)?;
+    Ok(KeyRecord {
+        hash: KeyHash::from_bytes(hash),
+        revoked_at: revoked_at.map(from_ms),
+        expires_at: expires_at.map(from_ms),
+        allowed_ips,
+        environment,
+        hint,
+        rate_limit,
+        id: KeyId::from_u128(u128::from_le_bytes(id)),
+        owner: row.try_get("owner").map_err(get_err)?,
+        name: row.try_get("name").map_err(get_err)?,
+        created_at: from_ms(created_at),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, in WAL mode.
+    pub async fn open(path: impl AsRef<std::path::Path>) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        SqliteStore::migrated(pool).await
+    }
+
+    /// A private database in memory: gone when the store is dropped. Useful
+    /// for tests; everything else behaves as with a file.
+    pub async fn in_memory() -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(backend)?
+            .foreign_keys(true);
+        // One connection, kept open: each in-memory connection is its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        SqliteStore::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
+        let mut tx = pool.begin().await.map_err(backend)?;
+        let applied: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let applied = usize::try_from(applied).unwrap_or(0);
+        for migration in MIGRATIONS.iter().skip(applied) {
+            sqlx::raw_sql(migration)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        if applied < MIGRATIONS.len() {
+            sqlx::raw_sql(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn record_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tm_auth_keys WHERE id = ?1"))
+            .bind(id_bytes(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(record_from).transpose()
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO tm_auth_keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))
+        .bind(id_bytes(&record.id))
+        .bind(record.hash.as_bytes().to_vec())
+        .bind(&record.owner)
+        .bind(&record.name)
+        .bind(record.environment.as_str())
+        .bind(record.hint.to_string())
+        .bind(allowlist_text(&record.allowed_ips))
+        .bind(record.rate_limit.map(|l| i64::from(l.requests())))
+        .bind(record.rate_limit.map(|l| count(l.window_ms())))
+        .bind(to_ms(record.created_at))
+        .bind(record.expires_at.map(to_ms))
+        .bind(record.revoked_at.map(to_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        Ok(())
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tm_auth_keys WHERE hash = ?1"
+        ))
+        .bind(hash.as_bytes().to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(record_from).transpose()?.map(Arc::new))
+    }
+
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.record_by_id(id).await
+    }
+
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = ?1 ORDER BY seq"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    async fn update(
+        &self,
+        id: &KeyId,
+        update: &StoreUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // One statement: a revoked key is untouched and an expiry only ever
+        // moves earlier, whatever runs beside it.
+        let limit = update.rate_limit;
+        sqlx::query(
+            "UPDATE tm_auth_keys SET
+                name = COALESCE(?1, name),
+                allowed_ips = COALESCE(?2, allowed_ips),
+                expires_at_ms = CASE
+                    WHEN ?3 IS NULL THEN expires_at_ms
+                    WHEN expires_at_ms IS NULL OR ?3 < expires_at_ms THEN ?3
+                    ELSE expires_at_ms END,
+                rate_limit_requests = CASE WHEN ?4 THEN ?5 ELSE rate_limit_requests END,
+                rate_limit_window_ms = CASE WHEN ?4 THEN ?6 ELSE rate_limit_window_ms END
+             WHERE id = ?7 AND revoked_at_ms IS NULL",
+        )
+        .bind(update.name.as_deref())
+        .bind(update.allowed_ips.as_deref().map(allowlist_text))
+        .bind(update.expires_at.map(to_ms))
+        .bind(limit.is_some())
+        .bind(limit.flatten().map(|l| i64::from(l.requests())))
+        .bind(limit.flatten().map(|l| count(l.window_ms())))
+        .bind(id_bytes(id))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        self.record_by_id(id).await
+    }
+
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query(
+            "UPDATE tm_auth_keys SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
+        )
+        .bind(to_ms(at))
+        .bind(id_bytes(id))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        self.record_by_id(id).await
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        for chunk in batch.chunks(USAGE_ROWS_PER_STATEMENT) {
+            // One statement per chunk; the join drops deltas of unknown keys.
+            let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO tm_auth_usage (id, requests, revoked, expired, wrong_environment, \
+                 ip_not_allowed, rate_limited, last_used_at_ms, last_used_ip) \
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+                 v.column8, v.column9 FROM (",
+            );
+            sql.push_values(chunk, |mut row, delta| {
+                let r = &delta.rejected;
+                row.push_bind(id_bytes(&delta.id))
+                    .push_bind(count(delta.requests))
+                    .push_bind(count(r.revoked))
+                    .push_bind(count(r.expired))
+                    .push_bind(count(r.wrong_environment))
+                    .push_bind(count(r.ip_not_allowed))
+                    .push_bind(count(r.rate_limited))
+                    .push_bind(delta.last_used_at.map(to_ms))
+                    .push_bind(delta.last_used_ip.map(|ip| ip.to_string()));
+            });
+            sql.push(
+                ") AS v JOIN tm_auth_keys k ON k.id = v.column1 WHERE true \
+                 ON CONFLICT (id) DO UPDATE SET \
+                 requests = requests + excluded.requests, \
+                 revoked = revoked + excluded.revoked, \
+                 expired = expired + excluded.expired, \
+                 wrong_environment = wrong_environment + excluded.wrong_environment, \
+                 ip_not_allowed = ip_not_allowed + excluded.ip_not_allowed, \
+                 rate_limited = rate_limited + excluded.rate_limited, \
+                 last_used_ip = CASE WHEN excluded.last_used_at_ms IS NOT NULL AND \
+                     (last_used_at_ms IS NULL OR excluded.last_used_at_ms >= last_used_at_ms) \
+                     THEN excluded.last_used_ip ELSE last_used_ip END, \
+                 last_used_at_ms = CASE WHEN excluded.last_used_at_ms IS NOT NULL AND \
+                     (last_used_at_ms IS NULL OR excluded.last_used_at_ms >= last_used_at_ms) \
+                     THEN excluded.last_used_at_ms ELSE last_used_at_ms END",
+            );
+            sql.build().execute(&self.pool).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.requests, u.revoked, u.expired, u.wrong_environment, u.ip_not_allowed, \
+             u.rate_limited, u.last_used_at_ms, u.last_used_ip \
+             FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id WHERE k.id = ?1",
+        )
+        .bind(id_bytes(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let get_err = |_| corrupt("a usage column has the wrong type");
+        let number = |name: &str| -> Result<u64, StoreError> {
+            let value: Option<i64> = row.try_get(name).map_err(get_err)?;
+            Ok(value.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        };
+        let last: Option<i64> = row.try_get("last_used_at_ms").map_err(get_err)?;
+        let ip: Option<String> = row.try_get("last_used_ip").map_err(get_err)?;
+        let totals = UsageTotals {
+            requests: number("requests")?,
+            rejected: Rejections::from_counts([
+                number("revoked")?,
+                number("expired")?,
+                number("wrong_environment")?,
+                number("ip_not_allowed")?,
+                number("rate_limited")?,
+            ]),
+            last_used_at: last.map(from_ms),
+            last_used_ip: ip.and_then(|ip| ip.parse().ok()),
+        };
+        Ok(Some(totals))
+    }
+}

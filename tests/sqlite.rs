@@ -1,0 +1,126 @@
+//! SqliteStore: the conformance kit, persistence across reopening, usage
+//! batches through the manager, and failing closed when the database is gone.
+
+use std::path::PathBuf;
+
+use tm_auth::store::conformance;
+use tm_auth::store::sqlite::SqliteStore;
+use tm_auth::{KeyManager, KeyStore, KeyUpdate, NewKey};
+
+/// A database file that is removed (with its WAL files) when dropped.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new() -> TempDb {
+        let name = format!("tm-auth-test-{}.db", tm_auth::KeyId::generate());
+        TempDb(std::env::temp_dir().join(name))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let result =
+        conformance::run(|| async { SqliteStore::in_memory().await.expect("in-memory SQLite") })
+            .await;
+    if let Err(failures) = result {
+        panic!("{failures}");
+    }
+}
+
+#[tokio::test]
+async fn file_store_conforms() {
+    let files: std::cell::RefCell<Vec<TempDb>> = Default::default();
+    let result = conformance::run(|| {
+        let db = TempDb::new();
+        let path = db.0.clone();
+        files.borrow_mut().push(db);
+        async move { SqliteStore::open(path).await.expect("SQLite file") }
+    })
+    .await;
+    if let Err(failures) = result {
+        panic!("{failures}");
+    }
+}
+
+#[tokio::test]
+async fn keys_survive_closing_and_reopening_the_file() {
+    let db = TempDb::new();
+    let (secret, revoked_secret, id) = {
+        let store = SqliteStore::open(&db.0).await.unwrap();
+        let manager = KeyManager::new(store.clone());
+        let kept = manager
+            .create(
+                NewKey::new("acct_42", "Production")
+                    .allowed_ips(["203.0.113.0/24".parse().unwrap()]),
+            )
+            .await
+            .unwrap();
+        let gone = manager.create(NewKey::new("acct_42", "Old")).await.unwrap();
+        manager.revoke(&gone.record.id).await.unwrap();
+        manager
+            .update(&kept.record.id, KeyUpdate::new().name("Production - Main"))
+            .await
+            .unwrap();
+        manager
+            .verify(
+                kept.key.expose_secret(),
+                Some("203.0.113.7".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(manager.flush_usage().await.unwrap(), 1);
+        store.close().await;
+        (
+            kept.key.expose_secret().to_owned(),
+            gone.key.expose_secret().to_owned(),
+            kept.record.id,
+        )
+    };
+    let store = SqliteStore::open(&db.0).await.unwrap();
+    let manager = KeyManager::new(store.clone());
+    let who = manager
+        .verify(&secret, Some("203.0.113.7".parse().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(who.name(), "Production - Main");
+    let err = manager
+        .verify(&secret, Some("198.51.100.1".parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ip_not_allowed", "the allowlist survived too");
+    assert_eq!(
+        manager
+            .verify(&revoked_secret, None)
+            .await
+            .unwrap_err()
+            .code(),
+        "api_key_revoked"
+    );
+    let listed = manager.list("acct_42").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let usage = store.usage(&id).await.unwrap().unwrap();
+    assert_eq!(usage.requests, 1);
+    assert_eq!(usage.last_used_ip, Some("203.0.113.7".parse().unwrap()));
+}
+
+#[tokio::test]
+async fn a_closed_database_fails_closed() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let manager = KeyManager::new(store.clone());
+    let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    store.close().await;
+    let err = manager
+        .verify(created.key.expose_secret(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "key_store_unavailable");
+    assert_eq!(err.status(), 503);
+}
