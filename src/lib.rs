@@ -46,6 +46,7 @@
 //!   read from axum's `ConnectInfo<SocketAddr>`.
 //! - `serde`: `Serialize`/`Deserialize` for ids, hints, environments and statuses.
 //! - `sqlite`: `store::sqlite::SqliteStore`, keys in an SQLite file.
+//! - `postgres`: `store::postgres::PostgresStore`, keys shared by many servers.
 //! - `conformance`: `store::conformance`, the behavioural checks every
 //!   [`KeyStore`] must pass, for your own backends' tests.
 //!

@@ -1,0 +1,369 @@
+//! [`PostgresStore`]: keys shared by many app servers (feature `postgres`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use super::sql::{
+    allowlist_text, backend, count, from_ms, id_bytes, record_from, sql_error, to_ms, COLUMNS,
+};
+use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use crate::key::KeyHash;
+use crate::record::{KeyId, KeyRecord};
+
+/// Schema changes, applied in order on connect under an advisory lock, so
+/// several servers starting at once migrate once.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tm_auth_keys (
+    seq BIGSERIAL PRIMARY KEY,
+    id BYTEA NOT NULL UNIQUE,
+    hash BYTEA NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    environment TEXT NOT NULL CHECK (environment IN ('live', 'test')),
+    hint TEXT NOT NULL,
+    allowed_ips TEXT NOT NULL,
+    rate_limit_requests BIGINT,
+    rate_limit_window_ms BIGINT,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT,
+    revoked_at_ms BIGINT
+);
+CREATE INDEX tm_auth_keys_by_owner ON tm_auth_keys (owner, seq);
+CREATE TABLE tm_auth_usage (
+    id BYTEA PRIMARY KEY REFERENCES tm_auth_keys (id),
+    requests BIGINT NOT NULL DEFAULT 0,
+    revoked BIGINT NOT NULL DEFAULT 0,
+    expired BIGINT NOT NULL DEFAULT 0,
+    wrong_environment BIGINT NOT NULL DEFAULT 0,
+    ip_not_allowed BIGINT NOT NULL DEFAULT 0,
+    rate_limited BIGINT NOT NULL DEFAULT 0,
+    last_used_at_ms BIGINT,
+    last_used_ip TEXT
+);
+"#];
+
+/// Keys in PostgreSQL, shared by every app server that connects: the
+/// key's SHA-256 is the unique, indexed lookup column; a revocation is one
+/// `UPDATE … WHERE revoked_at_ms IS NULL` that can never clear it; usage
+/// batches are one statement each. Timestamps are UTC milliseconds,
+/// allowlists normalised text; never a plaintext key.
+///
+/// Every lookup asks the database, so a revocation made through any server
+/// is refused by every server's next lookup.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tm_auth::store::postgres::PostgresStore;
+/// use tm_auth::KeyManager;
+///
+/// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+/// let manager = KeyManager::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a pool of up to 16 connections) and migrates the
+    /// default schema.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(backend)?;
+        PostgresStore::connect_with(options, None).await
+    }
+
+    /// Connects with `options`, keeping the tables in `schema` (created if
+    /// needed) when given: one database can then hold several independent
+    /// stores, e.g. one per test.
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        schema: Option<&str>,
+    ) -> Result<PostgresStore, StoreError> {
+        let options = match schema {
+            Some(schema) => {
+                if !schema
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    || schema.is_empty()
+                {
+                    return Err(backend(InvalidSchema));
+                }
+                options.options([("search_path", schema)])
+            }
+            None => options,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        if let Some(schema) = schema {
+            sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&pool)
+                .await
+                .map_err(backend)?;
+        }
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // One migrator at a time across every server: a transaction-scoped lock.
+        sqlx::query("SELECT pg_advisory_xact_lock(7254131004)")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS tm_auth_migrations (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM tm_auth_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+        let applied = usize::try_from(applied.unwrap_or(0)).unwrap_or(0);
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+            sqlx::raw_sql(migration)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            sqlx::query("INSERT INTO tm_auth_migrations (version) VALUES ($1)")
+                .bind(i64::try_from(index + 1).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn record_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tm_auth_keys WHERE id = $1"))
+            .bind(id_bytes(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(record_from).transpose()
+    }
+}
+
+/// A schema name that is not a plain identifier.
+#[derive(Debug, thiserror::Error)]
+#[error("a schema name is letters, digits and underscores only")]
+struct InvalidSchema;
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO tm_auth_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(id_bytes(&record.id))
+        .bind(record.hash.as_bytes().to_vec())
+        .bind(&record.owner)
+        .bind(&record.name)
+        .bind(record.environment.as_str())
+        .bind(record.hint.to_string())
+        .bind(allowlist_text(&record.allowed_ips))
+        .bind(record.rate_limit.map(|l| i64::from(l.requests())))
+        .bind(record.rate_limit.map(|l| count(l.window_ms())))
+        .bind(to_ms(record.created_at))
+        .bind(record.expires_at.map(to_ms))
+        .bind(record.revoked_at.map(to_ms))
+        .execute(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        Ok(())
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tm_auth_keys WHERE hash = $1"
+        ))
+        .bind(hash.as_bytes().to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.as_ref().map(record_from).transpose()?.map(Arc::new))
+    }
+
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.record_by_id(id).await
+    }
+
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = $1 ORDER BY seq"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    async fn update(
+        &self,
+        id: &KeyId,
+        update: &StoreUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // One statement: a revoked key is untouched and an expiry only ever
+        // moves earlier, whatever runs beside it.
+        let limit = update.rate_limit;
+        sqlx::query(
+            "UPDATE tm_auth_keys SET
+                name = COALESCE($1, name),
+                allowed_ips = COALESCE($2, allowed_ips),
+                expires_at_ms = CASE
+                    WHEN $3::BIGINT IS NULL THEN expires_at_ms
+                    WHEN expires_at_ms IS NULL OR $3::BIGINT < expires_at_ms THEN $3::BIGINT
+                    ELSE expires_at_ms END,
+                rate_limit_requests = CASE WHEN $4 THEN $5 ELSE rate_limit_requests END,
+                rate_limit_window_ms = CASE WHEN $4 THEN $6 ELSE rate_limit_window_ms END
+             WHERE id = $7 AND revoked_at_ms IS NULL",
+        )
+        .bind(update.name.as_deref())
+        .bind(update.allowed_ips.as_deref().map(allowlist_text))
+        .bind(update.expires_at.map(to_ms))
+        .bind(limit.is_some())
+        .bind(limit.flatten().map(|l| i64::from(l.requests())))
+        .bind(limit.flatten().map(|l| count(l.window_ms())))
+        .bind(id_bytes(id))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        self.record_by_id(id).await
+    }
+
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query(
+            "UPDATE tm_auth_keys SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL",
+        )
+        .bind(to_ms(at))
+        .bind(id_bytes(id))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        self.record_by_id(id).await
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        // PostgreSQL cannot update one row twice in a statement: merge first.
+        let mut merged: HashMap<KeyId, UsageTotals> = HashMap::new();
+        for delta in batch {
+            merged.entry(delta.id).or_default().add(delta);
+        }
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut columns: (
+            Vec<Vec<u8>>,
+            Vec<i64>,
+            [Vec<i64>; 5],
+            Vec<Option<i64>>,
+            Vec<Option<String>>,
+        ) = Default::default();
+        for (id, totals) in &merged {
+            columns.0.push(id_bytes(id));
+            columns.1.push(count(totals.requests));
+            let r = &totals.rejected;
+            for (column, value) in columns.2.iter_mut().zip([
+                r.revoked,
+                r.expired,
+                r.wrong_environment,
+                r.ip_not_allowed,
+                r.rate_limited,
+            ]) {
+                column.push(count(value));
+            }
+            columns.3.push(totals.last_used_at.map(to_ms));
+            columns.4.push(totals.last_used_ip.map(|ip| ip.to_string()));
+        }
+        let [revoked, expired, wrong_environment, ip_not_allowed, rate_limited] = columns.2;
+        // One statement for the whole batch; the join drops unknown keys.
+        sqlx::query(
+            "INSERT INTO tm_auth_usage (id, requests, revoked, expired, wrong_environment, ip_not_allowed,
+                                        rate_limited, last_used_at_ms, last_used_ip)
+             SELECT v.id, v.requests, v.revoked, v.expired, v.wrong_environment, v.ip_not_allowed,
+                    v.rate_limited, v.last_used_at_ms, v.last_used_ip
+             FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[],
+                         $7::BIGINT[], $8::BIGINT[], $9::TEXT[])
+                  AS v(id, requests, revoked, expired, wrong_environment, ip_not_allowed, rate_limited,
+                       last_used_at_ms, last_used_ip)
+             JOIN tm_auth_keys k ON k.id = v.id
+             ON CONFLICT (id) DO UPDATE SET
+                requests = tm_auth_usage.requests + EXCLUDED.requests,
+                revoked = tm_auth_usage.revoked + EXCLUDED.revoked,
+                expired = tm_auth_usage.expired + EXCLUDED.expired,
+                wrong_environment = tm_auth_usage.wrong_environment + EXCLUDED.wrong_environment,
+                ip_not_allowed = tm_auth_usage.ip_not_allowed + EXCLUDED.ip_not_allowed,
+                rate_limited = tm_auth_usage.rate_limited + EXCLUDED.rate_limited,
+                last_used_ip = CASE WHEN EXCLUDED.last_used_at_ms IS NOT NULL AND
+                    (tm_auth_usage.last_used_at_ms IS NULL OR EXCLUDED.last_used_at_ms >= tm_auth_usage.last_used_at_ms)
+                    THEN EXCLUDED.last_used_ip ELSE tm_auth_usage.last_used_ip END,
+                last_used_at_ms = CASE WHEN EXCLUDED.last_used_at_ms IS NOT NULL AND
+                    (tm_auth_usage.last_used_at_ms IS NULL OR EXCLUDED.last_used_at_ms >= tm_auth_usage.last_used_at_ms)
+                    THEN EXCLUDED.last_used_at_ms ELSE tm_auth_usage.last_used_at_ms END",
+        )
+        .bind(columns.0)
+        .bind(columns.1)
+        .bind(revoked)
+        .bind(expired)
+        .bind(wrong_environment)
+        .bind(ip_not_allowed)
+        .bind(rate_limited)
+        .bind(columns.3)
+        .bind(columns.4)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.requests, u.revoked, u.expired, u.wrong_environment, u.ip_not_allowed,
+                    u.rate_limited, u.last_used_at_ms, u.last_used_ip
+             FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id WHERE k.id = $1",
+        )
+        .bind(id_bytes(id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let get_err = |_| super::sql::corrupt("a usage column has the wrong type");
+        let number = |name: &str| -> Result<u64, StoreError> {
+            let value: Option<i64> = row.try_get(name).map_err(get_err)?;
+            Ok(value.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        };
+        let last: Option<i64> = row.try_get("last_used_at_ms").map_err(get_err)?;
+        let ip: Option<String> = row.try_get("last_used_ip").map_err(get_err)?;
+        Ok(Some(UsageTotals {
+            requests: number("requests")?,
+            rejected: Rejections::from_counts([
+                number("revoked")?,
+                number("expired")?,
+                number("wrong_environment")?,
+                number("ip_not_allowed")?,
+                number("rate_limited")?,
+            ]),
+            last_used_at: last.map(from_ms),
+            last_used_ip: ip.and_then(|ip| ip.parse().ok()),
+        }))
+    }
+}
