@@ -6,12 +6,13 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use super::sql::{
-    allowlist_text, backend, count, from_ms, id_bytes, record_from, sql_error, to_ms, COLUMNS,
+    allowlist_text, backend, bind_record, count, id_bytes, record_from, sql_error, to_ms,
+    usage_from, COLUMNS,
 };
-use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord};
 
@@ -168,24 +169,11 @@ struct InvalidSchema;
 #[async_trait]
 impl KeyStore for PostgresStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        sqlx::query(&format!(
-            "INSERT INTO tm_auth_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(id_bytes(&record.id))
-        .bind(record.hash.as_bytes().to_vec())
-        .bind(&record.owner)
-        .bind(&record.name)
-        .bind(record.environment.as_str())
-        .bind(record.hint.to_string())
-        .bind(allowlist_text(&record.allowed_ips))
-        .bind(record.rate_limit.map(|l| i64::from(l.requests())))
-        .bind(record.rate_limit.map(|l| count(l.window_ms())))
-        .bind(to_ms(record.created_at))
-        .bind(record.expires_at.map(to_ms))
-        .bind(record.revoked_at.map(to_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(sql_error)?;
+        let sql = format!("INSERT INTO tm_auth_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
+        bind_record(sqlx::query(&sql), &record)
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
         Ok(())
     }
 
@@ -343,27 +331,6 @@ impl KeyStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let get_err = |_| super::sql::corrupt("a usage column has the wrong type");
-        let number = |name: &str| -> Result<u64, StoreError> {
-            let value: Option<i64> = row.try_get(name).map_err(get_err)?;
-            Ok(value.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
-        };
-        let last: Option<i64> = row.try_get("last_used_at_ms").map_err(get_err)?;
-        let ip: Option<String> = row.try_get("last_used_ip").map_err(get_err)?;
-        Ok(Some(UsageTotals {
-            requests: number("requests")?,
-            rejected: Rejections::from_counts([
-                number("revoked")?,
-                number("expired")?,
-                number("wrong_environment")?,
-                number("ip_not_allowed")?,
-                number("rate_limited")?,
-            ]),
-            last_used_at: last.map(from_ms),
-            last_used_ip: ip.and_then(|ip| ip.parse().ok()),
-        }))
+        row.as_ref().map(usage_from).transpose()
     }
 }

@@ -8,9 +8,10 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnetwork::IpNetwork;
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 
-use super::StoreError;
+use super::{Rejections, StoreError, UsageTotals};
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::record::{KeyId, KeyRecord, RateLimit};
 
@@ -128,5 +129,64 @@ where
         owner: row.try_get("owner").map_err(get_err)?,
         name: row.try_get("name").map_err(get_err)?,
         created_at: from_ms(created_at),
+    })
+}
+
+/// Binds a record's twelve columns, in `COLUMNS` order, to an `INSERT`.
+pub(crate) fn bind_record<'q, DB>(
+    query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    record: &'q KeyRecord,
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    Vec<u8>: Encode<'q, DB> + Type<DB>,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+{
+    query
+        .bind(id_bytes(&record.id))
+        .bind(record.hash.as_bytes().to_vec())
+        .bind(record.owner.as_str())
+        .bind(record.name.as_str())
+        .bind(record.environment.as_str())
+        .bind(record.hint.to_string())
+        .bind(allowlist_text(&record.allowed_ips))
+        .bind(record.rate_limit.map(|l| i64::from(l.requests())))
+        .bind(record.rate_limit.map(|l| count(l.window_ms())))
+        .bind(to_ms(record.created_at))
+        .bind(record.expires_at.map(to_ms))
+        .bind(record.revoked_at.map(to_ms))
+}
+
+/// Usage totals from a row of `requests, revoked, expired,
+/// wrong_environment, ip_not_allowed, rate_limited, last_used_at_ms,
+/// last_used_ip` (all null when the key has no usage row yet).
+pub(crate) fn usage_from<R>(row: &R) -> Result<UsageTotals, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get_err = |_| corrupt("a usage column has the wrong type");
+    let number = |name: &str| -> Result<u64, StoreError> {
+        let value: Option<i64> = row.try_get(name).map_err(get_err)?;
+        Ok(value.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    };
+    let last: Option<i64> = row.try_get("last_used_at_ms").map_err(get_err)?;
+    let ip: Option<String> = row.try_get("last_used_ip").map_err(get_err)?;
+    Ok(UsageTotals {
+        requests: number("requests")?,
+        rejected: Rejections::from_counts([
+            number("revoked")?,
+            number("expired")?,
+            number("wrong_environment")?,
+            number("ip_not_allowed")?,
+            number("rate_limited")?,
+        ]),
+        last_used_at: last.map(from_ms),
+        last_used_ip: ip.and_then(|ip| ip.parse().ok()),
     })
 }
