@@ -216,18 +216,6 @@ impl AuthError {
             _ => None,
         }
     }
-
-    /// Whether the error was about a real, stored key (it counts as a rejection of that key).
-    pub fn concerns_stored_key(&self) -> bool {
-        matches!(
-            self,
-            AuthError::Revoked
-                | AuthError::Expired
-                | AuthError::WrongEnvironment { .. }
-                | AuthError::IpNotAllowed { .. }
-                | AuthError::RateLimited { .. }
-        )
-    }
 }
 
 /// Whole seconds for `Retry-After`, rounded up and at least 1.

@@ -216,10 +216,9 @@ impl<S> ApiKeyService<S> {
     }
 
     fn reject<F, B, E>(&self, err: AuthError) -> ResponseFuture<F, B, E> {
-        tracing::debug!(code = err.code(), reason = %err, "API key rejected");
         ResponseFuture {
             state: State::Rejected {
-                response: Some(err.to_response_in(&self.config.realm)),
+                response: Some(rejected(&err, &self.config.realm)),
             },
         }
     }
@@ -291,15 +290,18 @@ where
                             let response = inner.call(request).await?;
                             Ok(with_rate_limit(response, rate_limit).map(Either::Left))
                         }
-                        Err(err) => {
-                            tracing::debug!(code = err.code(), reason = %err, "API key rejected");
-                            Ok(err.to_response_in(&config.realm).map(Either::Right))
-                        }
+                        Err(err) => Ok(rejected(&err, &config.realm).map(Either::Right)),
                     }
                 }),
             },
         }
     }
+}
+
+/// Logs a rejection (its code and reason, never the key) and builds its response.
+fn rejected(err: &AuthError, realm: &Realm) -> Response<Full<Bytes>> {
+    tracing::debug!(code = err.code(), reason = %err, "API key rejected");
+    err.to_response_in(realm)
 }
 
 /// Records the key id on the current span (if it declares `key_id`) and logs
