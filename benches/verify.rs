@@ -18,6 +18,11 @@
 //!   raw key up in a `HashMap<String, _>`; tower-http's deprecated
 //!   `ValidateRequestHeaderLayer::bearer` with one token.
 //!
+//! - `anatomy/1m`: where a verification's time goes — the floor with
+//!   overlapped and with dependent iterations, the floor's map alone, an
+//!   index like `MemoryStore`'s alone, `MemoryStore`'s lookup (index and
+//!   record) — and building a bad-checksum response.
+//!
 //! `BENCHMARKS.md` turns these figures into the targets' ratios.
 
 use std::collections::HashMap;
@@ -32,7 +37,10 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
-use tm_auth::{ApiKeyLayer, Environment, KeyManager, MemoryStore, NewKey, TmKey, UsageConfig};
+use tm_auth::{
+    ApiKeyLayer, AuthError, Environment, KeyFormatError, KeyHash, KeyManager, MemoryStore, NewKey,
+    Realm, TmKey, UsageConfig,
+};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AsyncRequireAuthorizationLayer;
 
@@ -60,26 +68,23 @@ impl Pick {
 /// last, on every side. Without that, a short loop like the floor's lets
 /// the CPU overlap one iteration's cache misses with the next one's, which
 /// no request handler can do, and the sides would not count misses alike.
-struct Chain {
-    entries: Vec<([u8; 40], u32)>,
+struct Chain<T> {
+    entries: Vec<(T, u32)>,
     at: usize,
     zero: u64,
 }
 
-impl Chain {
-    fn new(secrets: &[String]) -> Chain {
-        let n = secrets.len();
+impl<T> Chain<T> {
+    fn of(items: impl IntoIterator<Item = T>) -> Chain<T> {
+        let mut entries: Vec<(T, u32)> = items.into_iter().map(|item| (item, 0)).collect();
+        let n = entries.len();
         let mut order: Vec<usize> = (0..n).collect();
         let mut pick = Pick(0x9E37_79B9_7F4A_7C15);
         for i in (1..n).rev() {
             order.swap(i, pick.next(i));
         }
-        let mut entries = vec![([0u8; 40], 0u32); n];
-        for (i, secret) in secrets.iter().enumerate() {
-            let bytes = secret.as_bytes();
-            let len = bytes.len().min(40);
-            entries[i].0[..len].copy_from_slice(&bytes[..len]);
-            entries[i].1 = order[i] as u32;
+        for (entry, next) in entries.iter_mut().zip(order) {
+            entry.1 = next as u32;
         }
         Chain {
             entries,
@@ -88,11 +93,28 @@ impl Chain {
         }
     }
 
-    /// The next key; `feedback` is anything computed from the previous result.
-    fn next(&mut self, feedback: u64) -> &str {
-        let (key, next) = &self.entries[self.at ^ (feedback & self.zero) as usize];
+    /// The next item; `feedback` is anything computed from the previous result.
+    fn step(&mut self, feedback: u64) -> &T {
+        let (item, next) = &self.entries[self.at ^ (feedback & self.zero) as usize];
         self.at = *next as usize;
-        std::str::from_utf8(key)
+        item
+    }
+}
+
+impl Chain<[u8; 40]> {
+    /// Keys, stored contiguously.
+    fn new(secrets: &[String]) -> Chain<[u8; 40]> {
+        Chain::of(secrets.iter().map(|secret| {
+            let mut key = [0u8; 40];
+            let bytes = secret.as_bytes();
+            let len = bytes.len().min(40);
+            key[..len].copy_from_slice(&bytes[..len]);
+            key
+        }))
+    }
+
+    fn next(&mut self, feedback: u64) -> &str {
+        std::str::from_utf8(self.step(feedback))
             .unwrap_or("")
             .trim_end_matches('\0')
     }
@@ -407,9 +429,95 @@ fn layer(c: &mut Criterion) {
     group.finish();
 }
 
+/// Where the time of a verification at 1M keys goes, each figure quoted in
+/// BENCHMARKS.md ("Where the time and memory go"), and what building a
+/// rejection costs.
+fn anatomy(c: &mut Criterion) {
+    let f = fixture(1_000_000);
+    let hashes: Vec<KeyHash> = f
+        .secrets
+        .iter()
+        .filter_map(|s| TmKey::parse(s).ok())
+        .map(|k| k.hash())
+        .collect();
+    let store = Arc::clone(f.manager.store());
+    let mut group = c.benchmark_group("anatomy/1m");
+    // The floor with independent iterations (indices from a PRNG, the same
+    // contiguous keys): nothing waits on a previous lookup, so the CPU may
+    // overlap their misses.
+    let keys = Chain::new(&f.secrets);
+    let mut pick = Pick(0x2545_F491_4F6C_DD1D);
+    group.bench_function("floor_overlapped", |b| {
+        b.iter(|| {
+            let key = &keys.entries[pick.next(keys.entries.len())].0;
+            let hash: [u8; 32] = Sha256::digest(key).into();
+            black_box(f.floor.get(&hash).copied())
+        })
+    });
+    bench_floor(
+        &mut group,
+        BenchmarkId::from_parameter("floor_dependent"),
+        &f.secrets,
+        &f.floor,
+    );
+    let mut chain = Chain::of(hashes.iter().copied());
+    let mut feedback = 0;
+    group.bench_function("floor_map_only", |b| {
+        b.iter(|| {
+            let found = f.floor.get(chain.step(feedback).as_bytes()).copied();
+            feedback = u64::from(found.unwrap_or(0));
+            black_box(found)
+        })
+    });
+    // An index like MemoryStore's (64-bit prefix to record), not followed.
+    let index: dashmap::DashMap<u64, Arc<tm_auth::KeyRecord>> = hashes
+        .iter()
+        .filter_map(|h| store.find_by_hash_now(h)?.ok()?)
+        .map(|r| {
+            (
+                u64::from_le_bytes(r.hash.as_bytes()[..8].try_into().unwrap_or([0; 8])),
+                r,
+            )
+        })
+        .collect();
+    let mut chain = Chain::of(hashes.iter().copied());
+    let mut feedback = 0;
+    group.bench_function("index_only", |b| {
+        b.iter(|| {
+            let prefix = u64::from_le_bytes(
+                chain.step(feedback).as_bytes()[..8]
+                    .try_into()
+                    .unwrap_or([0; 8]),
+            );
+            let found = index.get(&prefix).map(|r| Arc::as_ptr(&r) as u64);
+            feedback = found.unwrap_or(0);
+            black_box(found)
+        })
+    });
+    let mut chain = Chain::of(hashes.iter().copied());
+    let mut feedback = 0;
+    group.bench_function("store_lookup", |b| {
+        b.iter(|| {
+            let found = store
+                .find_by_hash_now(chain.step(feedback))
+                .and_then(Result::ok)
+                .flatten();
+            feedback = found.as_ref().map_or(0, |r| r.revoked_at.is_some() as u64);
+            black_box(found)
+        })
+    });
+    let realm = Realm::default();
+    group.bench_function("response_bad_checksum", |b| {
+        b.iter(|| {
+            AuthError::InvalidFormat(KeyFormatError::Checksum).to_response_in(black_box(&realm))
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = keys, lookups, layer
+    targets = keys, lookups, layer, anatomy
 }
 criterion_main!(benches);
