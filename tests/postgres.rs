@@ -3,10 +3,14 @@
 //! `DATABASE_URL` these tests fail: they never skip silently.
 #![cfg(feature = "postgres")]
 
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
 use sqlx::postgres::PgConnectOptions;
+use tm_auth::store::cache::{CacheConfig, CachedStore};
 use tm_auth::store::conformance;
 use tm_auth::store::postgres::PostgresStore;
-use tm_auth::{KeyManager, KeyUpdate, NewKey};
+use tm_auth::{KeyManager, KeyStore, KeyUpdate, MemoryStore, NewKey};
 
 fn options() -> PgConnectOptions {
     let url = std::env::var("DATABASE_URL")
@@ -107,4 +111,262 @@ async fn a_closed_pool_fails_closed() {
         (err.code(), err.status().as_u16()),
         ("key_store_unavailable", 503)
     );
+}
+
+/// Two "servers" on separate pools sharing one schema: `one` writes through
+/// the database, `two` verifies through its cache.
+async fn two_servers(
+    config: CacheConfig,
+) -> (KeyManager, KeyManager, CachedStore<PostgresStore>, String) {
+    let schema = format!("t_{}", tm_auth::KeyId::generate().as_u128());
+    let one = PostgresStore::connect_with(options(), Some(&schema))
+        .await
+        .expect("connect to PostgreSQL");
+    let two = PostgresStore::connect_with(options(), Some(&schema))
+        .await
+        .expect("connect to PostgreSQL")
+        .cached(config)
+        .await
+        .expect("start the cache");
+    assert!(two.is_trusted(), "the feed is up once `cached` returns");
+    (
+        KeyManager::new(one),
+        KeyManager::new(two.clone()),
+        two,
+        schema,
+    )
+}
+
+/// Verifies on `two` until its cache holds the key (a fill that raced a
+/// notification, such as the key's own insert, is dropped).
+async fn warm(two: &KeyManager, cache: &CachedStore<PostgresStore>, created: &tm_auth::CreatedKey) {
+    for _ in 0..50 {
+        two.verify(created.key.expose_secret(), client())
+            .await
+            .unwrap();
+        if matches!(
+            cache.find_by_hash_now(&created.record.hash),
+            Some(Ok(Some(_)))
+        ) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the key was never answered from the cache");
+}
+
+fn client() -> Option<IpAddr> {
+    Some("203.0.113.9".parse().unwrap())
+}
+
+/// How long after `change` returned until `two` refuses `secret` with
+/// `code`, polling as fast as it can, failing past `bound`.
+async fn propagation(
+    two: &KeyManager,
+    secret: &str,
+    code: &str,
+    bound: Duration,
+    change: impl std::future::Future<Output = ()>,
+) -> Duration {
+    change.await;
+    let start = Instant::now();
+    loop {
+        match two.verify(secret, client()).await {
+            Err(err) if err.code() == code => return start.elapsed(),
+            _ if start.elapsed() > bound => panic!("not refused within {bound:?}"),
+            _ => tokio::task::yield_now().await,
+        }
+    }
+}
+
+fn report(what: &str, mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    let (median, max) = (times[times.len() / 2], times[times.len() - 1]);
+    println!("{what}: n={} median={median:?} max={max:?}", times.len());
+    (median, max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_a_cached_server_within_the_bound() {
+    let config = CacheConfig::new();
+    let bound = config.staleness();
+    let (one, two, cache, _) = two_servers(config).await;
+    let mut keys = Vec::new();
+    for i in 0..100 {
+        let created = one
+            .create(NewKey::new("acct", format!("Key {i}")))
+            .await
+            .unwrap();
+        warm(&two, &cache, &created).await;
+        keys.push(created);
+    }
+    let mut times = Vec::new();
+    for created in &keys {
+        let revoke = async {
+            one.revoke(&created.record.id).await.unwrap();
+        };
+        times.push(
+            propagation(
+                &two,
+                created.key.expose_secret(),
+                "api_key_revoked",
+                bound,
+                revoke,
+            )
+            .await,
+        );
+    }
+    let (_, max) = report("revocation propagation over 100 revocations", times);
+    assert!(max < bound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_edit_reaches_a_cached_server_within_the_bound() {
+    let config = CacheConfig::new();
+    let bound = config.staleness();
+    let (one, two, cache, _) = two_servers(config).await;
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let created = one
+            .create(NewKey::new("acct", format!("Office {i}")))
+            .await
+            .unwrap();
+        warm(&two, &cache, &created).await;
+        let edit = async {
+            one.update(
+                &created.record.id,
+                KeyUpdate::new().allowed_ips(["198.51.100.0/24".parse().unwrap()]),
+            )
+            .await
+            .unwrap();
+        };
+        times.push(
+            propagation(
+                &two,
+                created.key.expose_secret(),
+                "ip_not_allowed",
+                bound,
+                edit,
+            )
+            .await,
+        );
+    }
+    let (_, max) = report("allowlist edit propagation over 20 edits", times);
+    assert!(max < bound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_inserted_elsewhere_clears_the_unknown_entry() {
+    let config = CacheConfig::new();
+    let bound = config.staleness();
+    let (one, two, cache, _) = two_servers(config).await;
+    // A record and its key made apart, so `two` can meet the key first.
+    let created = KeyManager::new(MemoryStore::new())
+        .create(NewKey::new("acct", "Later"))
+        .await
+        .unwrap();
+    let err = two
+        .verify(created.key.expose_secret(), client())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_api_key");
+    assert!(
+        matches!(cache.find_by_hash_now(&created.record.hash), Some(Ok(None))),
+        "the unknown key is remembered"
+    );
+    one.store().insert(created.record.clone()).await.unwrap();
+    let start = Instant::now();
+    while two
+        .verify(created.key.expose_secret(), client())
+        .await
+        .is_err()
+    {
+        assert!(start.elapsed() < bound, "still unknown after {bound:?}");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_makes_the_cache_fall_back_to_the_database() {
+    // Long heartbeats, so trust could only come from the cache's own
+    // staleness bound: what refuses the key below is the fallback.
+    let (one, two, cache, schema) =
+        two_servers(CacheConfig::new().max_staleness(Duration::from_secs(6))).await;
+    let created = one.create(NewKey::new("acct", "Main")).await.unwrap();
+    warm(&two, &cache, &created).await;
+
+    let admin = sqlx::PgPool::connect_with(options()).await.unwrap();
+    let listening = "SELECT pid FROM pg_stat_activity
+                     WHERE application_name = 'tm_auth_listener'
+                       AND query LIKE '%' || 'tm_auth_' || left(md5($1), 20) || '%'";
+    let pids: Vec<i32> = sqlx::query_scalar(listening)
+        .bind(&schema)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert_eq!(pids.len(), 1, "one listening connection for this schema");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pids[0])
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    let start = Instant::now();
+    while cache.is_trusted() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the cache noticed the lost feed"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Revoked while `two` hears nothing: refused at once all the same.
+    one.revoke(&created.record.id).await.unwrap();
+    let err = two
+        .verify(created.key.expose_secret(), client())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "api_key_revoked");
+
+    // The feed comes back by itself, and the cache with it.
+    let fresh = one.create(NewKey::new("acct", "After")).await.unwrap();
+    let start = Instant::now();
+    while !cache.is_trusted() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the feed came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warm(&two, &cache, &fresh).await;
+    let err = two
+        .verify(created.key.expose_secret(), client())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "api_key_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_server_fails_closed_when_the_database_goes() {
+    let staleness = Duration::from_millis(600);
+    let (one, two, cache, _) = two_servers(CacheConfig::new().max_staleness(staleness)).await;
+    let created = one.create(NewKey::new("acct", "Main")).await.unwrap();
+    two.verify(created.key.expose_secret(), client())
+        .await
+        .unwrap();
+    cache.inner().close().await;
+    let start = Instant::now();
+    loop {
+        match two.verify(created.key.expose_secret(), client()).await {
+            Err(err) if err.code() == "key_store_unavailable" => {
+                assert_eq!(err.status().as_u16(), 503);
+                break;
+            }
+            Err(err) => panic!("a store failure is never a bad key: {}", err.code()),
+            Ok(_) => assert!(
+                start.elapsed() < staleness * 2,
+                "cached grants stop within max_staleness"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

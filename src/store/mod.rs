@@ -19,6 +19,7 @@ use ipnetwork::IpNetwork;
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord};
 
+pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod memory;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use super::cache::{CacheConfig, CachedStore};
 use super::sql::{
     allowlist_text, backend, bind_record, count, id_bytes, record_from, sql_error, to_ms,
     usage_from, COLUMNS,
@@ -16,9 +17,12 @@ use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord};
 
+mod feed;
+
 /// Schema changes, applied in order on connect under an advisory lock, so
 /// several servers starting at once migrate once.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tm_auth_keys (
     seq BIGSERIAL PRIMARY KEY,
     id BYTEA NOT NULL UNIQUE,
@@ -46,7 +50,32 @@ CREATE TABLE tm_auth_usage (
     last_used_at_ms BIGINT,
     last_used_ip TEXT
 );
-"#];
+"#,
+    r#"
+-- Every change to a key, however it is made, is announced to the servers'
+-- caches on a channel of this schema's own (see feed.rs).
+CREATE FUNCTION tm_auth_announce_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    channel TEXT := 'tm_auth_' || left(md5(TG_TABLE_SCHEMA), 20);
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify(channel, 'c');
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify(channel, 'k' || encode(NEW.hash, 'hex'));
+    ELSE
+        PERFORM pg_notify(channel, 'k' || encode(OLD.hash, 'hex'));
+        IF TG_OP = 'UPDATE' AND NEW.hash IS DISTINCT FROM OLD.hash THEN
+            PERFORM pg_notify(channel, 'k' || encode(NEW.hash, 'hex'));
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tm_auth_keys_announce AFTER INSERT OR UPDATE OR DELETE ON tm_auth_keys
+    FOR EACH ROW EXECUTE FUNCTION tm_auth_announce_change();
+CREATE TRIGGER tm_auth_keys_announce_truncate AFTER TRUNCATE ON tm_auth_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION tm_auth_announce_change();
+"#,
+];
 
 /// Keys in PostgreSQL, shared by every app server that connects: the
 /// key's SHA-256 is the unique, indexed lookup column; a revocation is one
@@ -55,7 +84,9 @@ CREATE TABLE tm_auth_usage (
 /// allowlists normalised text; never a plaintext key.
 ///
 /// Every lookup asks the database, so a revocation made through any server
-/// is refused by every server's next lookup.
+/// is refused by every server's next lookup. For verification at in-memory
+/// speed, put [`cached`](PostgresStore::cached) in front: a local cache kept
+/// true by `LISTEN/NOTIFY`.
 ///
 /// ```no_run
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -144,6 +175,49 @@ impl PostgresStore {
                 .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
+    }
+
+    /// This store behind a verification cache kept true on every server by
+    /// PostgreSQL's `LISTEN/NOTIFY` (see [`CachedStore`] for the rules).
+    ///
+    /// A trigger announces every change to a key — through any server, or
+    /// by hand in SQL — on a channel of this store's schema. A task holds a
+    /// dedicated connection (`application_name` `tm_auth_listener`)
+    /// listening there and drops what changed; another sends a heartbeat
+    /// through that channel every third of
+    /// [`max_staleness`](CacheConfig::max_staleness), and each heartbeat
+    /// heard renews the cache's trust, since PostgreSQL delivers
+    /// notifications in commit order. So:
+    ///
+    /// - a revocation or edit made on another server is refused here as
+    ///   soon as its notification arrives (measured: see the README), and at
+    ///   worst `max_staleness` after it committed;
+    /// - when the listening connection drops, the cache stops answering at
+    ///   once and every lookup goes to the database until it is listening
+    ///   again, when the cache starts empty;
+    /// - if the database is unreachable, heartbeats stop and so does the
+    ///   cache: verification fails closed with 503.
+    ///
+    /// Returns once the cache is trusted, or after `max_staleness` (still
+    /// correct, answering from the database until the feed is up). The
+    /// tasks need a Tokio runtime and stop when the last clone of the
+    /// returned store is dropped.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tm_auth::store::cache::CacheConfig;
+    /// use tm_auth::store::postgres::PostgresStore;
+    /// use tm_auth::KeyManager;
+    ///
+    /// let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+    /// let manager = KeyManager::new(store.cached(CacheConfig::new()).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn cached(
+        &self,
+        config: CacheConfig,
+    ) -> Result<CachedStore<PostgresStore>, StoreError> {
+        feed::start(self.clone(), &self.pool, config).await
     }
 
     /// Closes every connection; later calls fail.
