@@ -44,81 +44,12 @@ use tm_auth::{
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AsyncRequireAuthorizationLayer;
 
+mod common;
+use common::{ready, Chain, Pick};
+
 const VALID: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG";
 const BAD_CHECKSUM: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6";
 const WRONG_LENGTH: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3";
-
-/// A cheap PRNG, for shuffling.
-struct Pick(u64);
-
-impl Pick {
-    fn next(&mut self, len: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % len as u64) as usize
-    }
-}
-
-/// The keys to draw, each with the index of the next one: a single random
-/// cycle through all of them (Sattolo's shuffle), stored contiguously.
-///
-/// The next key depends on the previous iteration's *result* (through an
-/// AND with a zero the compiler cannot see), so each lookup waits on the
-/// last, on every side. Without that, a short loop like the floor's lets
-/// the CPU overlap one iteration's cache misses with the next one's, which
-/// no request handler can do, and the sides would not count misses alike.
-struct Chain<T> {
-    entries: Vec<(T, u32)>,
-    at: usize,
-    zero: u64,
-}
-
-impl<T> Chain<T> {
-    fn of(items: impl IntoIterator<Item = T>) -> Chain<T> {
-        let mut entries: Vec<(T, u32)> = items.into_iter().map(|item| (item, 0)).collect();
-        let n = entries.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        let mut pick = Pick(0x9E37_79B9_7F4A_7C15);
-        for i in (1..n).rev() {
-            order.swap(i, pick.next(i));
-        }
-        for (entry, next) in entries.iter_mut().zip(order) {
-            entry.1 = next as u32;
-        }
-        Chain {
-            entries,
-            at: 0,
-            zero: black_box(0),
-        }
-    }
-
-    /// The next item; `feedback` is anything computed from the previous result.
-    fn step(&mut self, feedback: u64) -> &T {
-        let (item, next) = &self.entries[self.at ^ (feedback & self.zero) as usize];
-        self.at = *next as usize;
-        item
-    }
-}
-
-impl Chain<[u8; 40]> {
-    /// Keys, stored contiguously.
-    fn new(secrets: &[String]) -> Chain<[u8; 40]> {
-        Chain::of(secrets.iter().map(|secret| {
-            let mut key = [0u8; 40];
-            let bytes = secret.as_bytes();
-            let len = bytes.len().min(40);
-            key[..len].copy_from_slice(&bytes[..len]);
-            key
-        }))
-    }
-
-    fn next(&mut self, feedback: u64) -> &str {
-        std::str::from_utf8(self.step(feedback))
-            .unwrap_or("")
-            .trim_end_matches('\0')
-    }
-}
 
 /// A store of `n` keys, with their secrets.
 struct Fixture {
@@ -239,18 +170,6 @@ fn bench_floor(
 fn warm(manager: &KeyManager, secrets: &[String]) {
     for secret in secrets {
         let _ = ready(manager.verify(secret, None));
-    }
-}
-
-/// Polls a future that the in-memory store completes at once. Called inside
-/// the benchmark's runtime context, so timers behave as in a server.
-fn ready<F: std::future::Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
     }
 }
 
