@@ -16,6 +16,19 @@ async fn memory_store_conforms() {
 }
 
 #[tokio::test]
+async fn a_trusted_cache_in_front_conforms() {
+    use std::time::Instant;
+    use tm_auth::store::cache::{CacheConfig, CachedStore};
+    let result = conformance::run(|| async {
+        let cached = CachedStore::new(MemoryStore::new(), CacheConfig::new());
+        cached.invalidator().synced(Instant::now());
+        cached
+    })
+    .await;
+    assert_eq!(result, Ok(()));
+}
+
+#[tokio::test]
 async fn trait_objects_conform() {
     let result =
         conformance::run(|| async { Arc::new(MemoryStore::new()) as Arc<dyn KeyStore> }).await;

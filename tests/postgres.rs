@@ -34,6 +34,14 @@ async fn postgres_store_conforms() {
 }
 
 #[tokio::test]
+async fn postgres_store_behind_its_cache_conforms() {
+    let cached = || async { fresh().await.cached(CacheConfig::new()).await.unwrap() };
+    if let Err(failures) = conformance::run(cached).await {
+        panic!("{failures}");
+    }
+}
+
+#[tokio::test]
 async fn two_servers_see_each_others_revocations_and_edits() {
     let schema = format!("t_{}", tm_auth::KeyId::generate().as_u128());
     // Two "servers": separate pools on the same tables.
@@ -369,4 +377,120 @@ async fn a_cached_server_fails_closed_when_the_database_goes() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every connection
+/// dropped, new ones refused) and restored: the database "going away".
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(upstream: (String, u16)) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (accepting, cuts) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accepting.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cut = cuts.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up, cut }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_fails_closed_and_recovers_when_back() {
+    let schema = format!("t_{}", tm_auth::KeyId::generate().as_u128());
+    let direct = options();
+    let one = KeyManager::new(
+        PostgresStore::connect_with(direct.clone(), Some(&schema))
+            .await
+            .unwrap(),
+    );
+    let proxy = Proxy::start((direct.get_host().to_owned(), direct.get_port())).await;
+    let via_proxy = direct.clone().host("127.0.0.1").port(proxy.port);
+    let cache = PostgresStore::connect_with(via_proxy, Some(&schema))
+        .await
+        .unwrap()
+        .cached(CacheConfig::new().max_staleness(Duration::from_millis(900)))
+        .await
+        .unwrap();
+    let two = KeyManager::new(cache.clone()).with_store_timeout(Duration::from_secs(2));
+    let created = one.create(NewKey::new("acct", "Main")).await.unwrap();
+    warm(&two, &cache, &created).await;
+
+    proxy.down();
+    let start = Instant::now();
+    loop {
+        match two.verify(created.key.expose_secret(), client()).await {
+            Err(err) if err.code() == "key_store_unavailable" => break,
+            Err(err) => panic!("a lost database is never a bad key: {}", err.code()),
+            Ok(_) => assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "cached grants stop once the feed is lost"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!cache.is_trusted());
+
+    proxy.up();
+    let start = Instant::now();
+    while two
+        .verify(created.key.expose_secret(), client())
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "recovers when the database is back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while !cache.is_trusted() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the feed comes back too"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warm(&two, &cache, &created).await;
+    one.revoke(&created.record.id).await.unwrap();
+    let elapsed = propagation(
+        &two,
+        created.key.expose_secret(),
+        "api_key_revoked",
+        Duration::from_millis(900),
+        async {},
+    )
+    .await;
+    println!("revocation after the database came back: refused after {elapsed:?}");
 }
