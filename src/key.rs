@@ -287,9 +287,24 @@ impl TmKey {
     }
 }
 
+impl TmKey {
+    /// Overwrites the key's bytes with zeros (volatile writes, which the
+    /// compiler may not elide).
+    fn wipe(&mut self) {
+        self.bytes.zeroize();
+        #[cfg(test)]
+        tests::WIPES.with(|wipes| wipes.set(wipes.get() + 1));
+    }
+}
+
+// Reading a key's memory after its drop would take `unsafe`, which this
+// crate forbids; the tests check instead that `wipe` zeroes every byte and
+// that dropping a key runs it. What is not guaranteed: copies the compiler
+// made when the key was moved (zeroize's documented limit) — keep a key in
+// one place, e.g. behind a `Box` or an `Arc`, if that matters to you.
 impl Drop for TmKey {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        self.wipe();
     }
 }
 
@@ -522,6 +537,30 @@ mod serde_impls {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    thread_local! {
+        /// How many times `wipe` ran on this thread.
+        pub(super) static WIPES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn wipe_zeroes_every_byte() {
+        let mut key = TmKey::generate(Environment::Live);
+        assert!(key.bytes.iter().any(|&b| b != 0));
+        key.wipe();
+        assert_eq!(key.bytes, [0u8; KEY_LEN]);
+    }
+
+    #[test]
+    fn dropping_a_key_wipes_it_and_clones_wipe_their_own() {
+        let before = WIPES.with(std::cell::Cell::get);
+        let key = TmKey::generate(Environment::Test);
+        let copy = key.clone();
+        drop(key);
+        assert_eq!(WIPES.with(std::cell::Cell::get), before + 1);
+        drop(copy);
+        assert_eq!(WIPES.with(std::cell::Cell::get), before + 2);
+    }
 
     const VECTOR_LIVE: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG";
     const VECTOR_TEST: &str = "tm_test_a1b2c3d4e5f6g7h8i9j0k1l2m31xvO0l";

@@ -437,6 +437,48 @@ async fn no_verification_started_after_revoke_returns_succeeds() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_verification_started_after_an_allowlist_edit_returns_uses_the_old_list() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    let secret = Arc::new(created.key.expose_secret().to_owned());
+    let client: Option<IpAddr> = Some("203.0.113.9".parse().unwrap());
+    let edited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (manager, secret, edited) = (manager.clone(), secret.clone(), edited.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut late_successes, mut successes) = (0, 0);
+            for _ in 0..2_000 {
+                let started_after = edited.load(std::sync::atomic::Ordering::SeqCst);
+                let ok = manager.verify(&secret, client).await.is_ok();
+                successes += usize::from(ok);
+                if started_after && ok {
+                    late_successes += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            (late_successes, successes)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    manager
+        .update(
+            &created.record.id,
+            KeyUpdate::new().allowed_ips(["198.51.100.0/24".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    edited.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut successes = 0;
+    for task in tasks {
+        let (late, ok) = task.await.unwrap();
+        assert_eq!(late, 0, "a verification that started after the edit passed");
+        successes += ok;
+    }
+    assert!(successes > 0, "the key was in use before the edit");
+}
+
 #[tokio::test]
 async fn key_store_behind_box_works_too() {
     let store: Box<dyn KeyStore> = Box::new(MemoryStore::new());
@@ -448,4 +490,43 @@ async fn key_store_behind_box_works_too() {
         .is_ok());
     // The generated key parses back to itself.
     assert!(TmKey::parse(created.key.expose_secret()).unwrap() == created.key);
+}
+
+#[tokio::test]
+async fn a_flood_of_garbage_and_unknown_keys_writes_nothing_and_keeps_nothing() {
+    let store = FaultyStore::new();
+    let manager = KeyManager::new(store.clone());
+    let real = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    let inserts = store.calls(Op::Insert);
+    // Bad checksums: refused before the store is asked.
+    for _ in 0..10_000 {
+        let key = TmKey::generate(Environment::Live);
+        let mut garbled = key.expose_secret().to_owned();
+        let last = if garbled.ends_with('0') { "1" } else { "0" };
+        garbled.replace_range(39.., last);
+        let err = manager.verify(&garbled, None).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_api_key");
+    }
+    assert_eq!(store.calls(Op::Find), 0, "no lookup for a bad checksum");
+    // Well-formed unknown keys: one read each, nothing else.
+    for _ in 0..10_000 {
+        let key = TmKey::generate(Environment::Live);
+        assert!(manager.verify(key.expose_secret(), None).await.is_err());
+    }
+    assert_eq!(store.calls(Op::Find), 10_000);
+    manager.flush_usage().await.unwrap();
+    assert_eq!(store.calls(Op::Insert), inserts);
+    for op in [Op::Update, Op::Revoke, Op::RecordUsage] {
+        assert_eq!(store.calls(op), 0, "{op:?}: a flood writes nothing");
+    }
+    assert!(
+        manager.usage_snapshot().is_empty(),
+        "no per-key state for keys that do not exist"
+    );
+    // The real key still works, and only its use is counted.
+    manager
+        .verify(real.key.expose_secret(), None)
+        .await
+        .unwrap();
+    assert_eq!(manager.usage_snapshot().len(), 1);
 }

@@ -1,17 +1,26 @@
 //! What the benchmarks share: how keys are drawn, and polling a future the
 //! in-memory paths complete at once.
 
+// Each bench binary uses a part of this module.
+#![allow(dead_code)]
+
 use std::hint::black_box;
 
-/// A cheap PRNG, for shuffling.
+/// A cheap PRNG (xorshift64), for shuffling and drawing.
 pub struct Pick(pub u64);
 
 impl Pick {
-    pub fn next(&mut self, len: usize) -> usize {
+    /// 64 fresh bits.
+    pub fn bits(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 % len as u64) as usize
+        self.0
+    }
+
+    /// An index below `len`.
+    pub fn next(&mut self, len: usize) -> usize {
+        (self.bits() % len as u64) as usize
     }
 }
 

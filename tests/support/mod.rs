@@ -1,5 +1,5 @@
 //! Shared by the integration tests: a store that fails, hangs or answers
-//! slowly on chosen calls.
+//! slowly on chosen calls, and counts every call.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -39,6 +39,7 @@ pub enum Fault {
 pub struct FaultyStore {
     pub inner: MemoryStore,
     faults: Arc<Mutex<HashMap<Op, Fault>>>,
+    calls: Arc<Mutex<HashMap<Op, usize>>>,
 }
 
 impl FaultyStore {
@@ -54,7 +55,13 @@ impl FaultyStore {
         self.faults.lock().unwrap().clear();
     }
 
+    /// How many times `op` was called.
+    pub fn calls(&self, op: Op) -> usize {
+        self.calls.lock().unwrap().get(&op).copied().unwrap_or(0)
+    }
+
     async fn gate(&self, op: Op) -> Result<(), StoreError> {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
         let fault = {
             let mut faults = self.faults.lock().unwrap();
             let fault = faults.get(&op).copied();
