@@ -65,6 +65,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 mod error;
 pub mod header;
@@ -72,6 +74,8 @@ mod key;
 mod manager;
 pub mod middleware;
 mod record;
+#[cfg(feature = "client")]
+pub mod scan;
 pub mod store;
 pub mod usage;
 
