@@ -1,0 +1,504 @@
+//! The admin router (feature `admin`) through `oneshot`: every endpoint and
+//! every error, and `openapi/admin.json` kept true against real responses.
+#![cfg(feature = "admin")]
+
+use axum::body::Body;
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tm_auth::{admin, KeyManager, MemoryStore};
+use tower::ServiceExt;
+
+/// A router whose `authorize` reads the owner from `x-owner`.
+fn app() -> (Router, KeyManager) {
+    let manager = KeyManager::new(MemoryStore::new());
+    let router = admin::router(manager.clone(), |parts: &http::request::Parts| {
+        parts
+            .headers
+            .get("x-owner")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    (router, manager)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    json: Value,
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    path: &str,
+    owner: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(owner) = owner {
+        request = request.header("x-owner", owner);
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header("content-type", "application/json");
+            Body::from(body.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        json,
+    }
+}
+
+fn code(reply: &Reply) -> &str {
+    reply.json["code"].as_str().unwrap_or("")
+}
+
+async fn create(app: &Router, owner: &str, name: &str) -> Reply {
+    let reply = call(
+        app,
+        "POST",
+        "/keys",
+        Some(owner),
+        Some(json!({"name": name})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.json);
+    reply
+}
+
+#[tokio::test]
+async fn create_shows_the_key_once_and_list_never_does() {
+    let (app, manager) = app();
+    let created = call(
+        &app,
+        "POST",
+        "/keys",
+        Some("acct"),
+        Some(json!({"name": "Production - Main Website", "environment": "test", "allowed_ips": ["203.0.113.7", "10.0.0.0/8"]})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.headers["cache-control"], "no-store");
+    let key = created.json["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("tm_test_"));
+    assert!(created.json["warning"]
+        .as_str()
+        .unwrap()
+        .contains("only once"));
+    let record = &created.json["record"];
+    assert_eq!(record["name"], "Production - Main Website");
+    assert_eq!(record["environment"], "test");
+    assert_eq!(record["status"], "active");
+    assert_eq!(
+        record["allowed_ips"],
+        json!(["203.0.113.7/32", "10.0.0.0/8"])
+    );
+    assert!(record["hint"].as_str().unwrap().ends_with(&key[36..]));
+    manager
+        .verify(&key, Some("10.1.2.3".parse().unwrap()))
+        .await
+        .unwrap();
+
+    let listed = call(&app, "GET", "/keys", Some("acct"), None).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let keys = listed.json["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["usage"]["requests"], 1);
+    assert_eq!(keys[0]["usage"]["last_used_ip"], "10.1.2.3");
+    assert!(
+        !listed.json.to_string().contains(&key[8..34]),
+        "never the key again"
+    );
+    // Another owner sees none of it.
+    let theirs = call(&app, "GET", "/keys", Some("other"), None).await;
+    assert_eq!(theirs.json["keys"], json!([]));
+}
+
+#[tokio::test]
+async fn edit_changes_name_and_allowlist_and_refuses_anything_else() {
+    let (app, _) = app();
+    let id = create(&app, "acct", "Staging").await.json["record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/keys/{id}");
+    let edited = call(
+        &app,
+        "PATCH",
+        &path,
+        Some("acct"),
+        Some(json!({"name": "Staging - CI", "allowed_ips": ["2001:db8::/32"]})),
+    )
+    .await;
+    assert_eq!(edited.status, StatusCode::OK);
+    assert_eq!(edited.json["record"]["name"], "Staging - CI");
+    assert_eq!(
+        edited.json["record"]["allowed_ips"],
+        json!(["2001:db8::/32"])
+    );
+    let cleared = call(
+        &app,
+        "PATCH",
+        &path,
+        Some("acct"),
+        Some(json!({"allowed_ips": []})),
+    )
+    .await;
+    assert_eq!(cleared.json["record"]["allowed_ips"], json!([]));
+    assert_eq!(
+        cleared.json["record"]["name"], "Staging - CI",
+        "untouched fields stay"
+    );
+
+    for (body, expected) in [
+        (json!({"environment": "live"}), "field_not_editable"),
+        (json!({"rate_limit": 5}), "field_not_editable"),
+        (json!({"revoked_at": null}), "field_not_editable"),
+        (
+            json!({"allowed_ips": ["10.0.0.0/33"]}),
+            "invalid_ip_restriction",
+        ),
+        (
+            json!({"allowed_ips": ["not-an-ip"]}),
+            "invalid_ip_restriction",
+        ),
+        (
+            json!({"allowed_ips": "10.0.0.0/8"}),
+            "invalid_ip_restriction",
+        ),
+        (json!({"name": ""}), "invalid_name"),
+        (json!({"name": 5}), "invalid_name"),
+        (json!(["name"]), "invalid_json"),
+    ] {
+        let reply = call(&app, "PATCH", &path, Some("acct"), Some(body.clone())).await;
+        assert_eq!(
+            (reply.status, code(&reply)),
+            (StatusCode::BAD_REQUEST, expected),
+            "{body}"
+        );
+        assert!(!reply.json["error"].as_str().unwrap().is_empty());
+    }
+    let bad = call(
+        &app,
+        "PATCH",
+        &path,
+        Some("acct"),
+        Some(json!({"allowed_ips": ["10.0.0.1", "10.0.0.0/33"]})),
+    )
+    .await;
+    assert!(
+        bad.json["error"].as_str().unwrap().contains("10.0.0.0/33"),
+        "names the bad entry"
+    );
+}
+
+#[tokio::test]
+async fn revoke_is_final_and_rotate_keeps_the_old_key_for_the_grace_period() {
+    let (app, manager) = app();
+    let first = create(&app, "acct", "Main").await;
+    let id = first.json["record"]["id"].as_str().unwrap().to_owned();
+    let old_key = first.json["key"].as_str().unwrap().to_owned();
+
+    let rotated = call(
+        &app,
+        "POST",
+        &format!("/keys/{id}/rotate"),
+        Some("acct"),
+        Some(json!({"grace_period_seconds": 3600})),
+    )
+    .await;
+    assert_eq!(rotated.status, StatusCode::CREATED);
+    assert_eq!(rotated.headers["cache-control"], "no-store");
+    let new_key = rotated.json["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, old_key);
+    assert!(
+        rotated.json["previous"]["expires_at"].is_string(),
+        "the old key expires"
+    );
+    manager.verify(&old_key, None).await.unwrap();
+    manager.verify(&new_key, None).await.unwrap();
+    for grace in [json!(-1), json!(2_592_001), json!("soon")] {
+        let reply = call(
+            &app,
+            "POST",
+            &format!("/keys/{id}/rotate"),
+            Some("acct"),
+            Some(json!({"grace_period_seconds": grace})),
+        )
+        .await;
+        assert_eq!(code(&reply), "invalid_grace_period");
+    }
+
+    let revoked = call(
+        &app,
+        "POST",
+        &format!("/keys/{id}/revoke"),
+        Some("acct"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert_eq!(revoked.json["record"]["status"], "revoked");
+    assert!(revoked.json["record"]["revoked_at"].is_string());
+    assert_eq!(
+        manager.verify(&old_key, None).await.unwrap_err().code(),
+        "api_key_revoked"
+    );
+    // Still listed, marked revoked; cannot be edited or rotated.
+    let listed = call(&app, "GET", "/keys", Some("acct"), None).await;
+    assert_eq!(listed.json["keys"][0]["status"], "revoked");
+    let edit = call(
+        &app,
+        "PATCH",
+        &format!("/keys/{id}"),
+        Some("acct"),
+        Some(json!({"name": "Again"})),
+    )
+    .await;
+    assert_eq!(
+        (edit.status, code(&edit)),
+        (StatusCode::CONFLICT, "key_revoked")
+    );
+    let again = call(
+        &app,
+        "POST",
+        &format!("/keys/{id}/rotate"),
+        Some("acct"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn another_owners_key_or_an_unknown_id_is_not_found() {
+    let (app, _) = app();
+    let id = create(&app, "alice", "Alice's").await.json["record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let unknown = tm_auth::KeyId::generate().to_string();
+    for target in [id.as_str(), unknown.as_str(), "not-an-id", "key_%00"] {
+        for (method, path, body) in [
+            (
+                "PATCH",
+                format!("/keys/{target}"),
+                json!({"name": "Mine now"}),
+            ),
+            ("POST", format!("/keys/{target}/revoke"), json!({})),
+            ("POST", format!("/keys/{target}/rotate"), json!({})),
+        ] {
+            let reply = call(&app, method, &path, Some("mallory"), Some(body)).await;
+            assert_eq!(
+                (reply.status, code(&reply)),
+                (StatusCode::NOT_FOUND, "key_not_found"),
+                "{method} {path}"
+            );
+            assert_eq!(reply.json["error"], "No API key with this id");
+        }
+    }
+    let listed = call(&app, "GET", "/keys", Some("alice"), None).await;
+    assert_eq!(listed.json["keys"][0]["name"], "Alice's", "untouched");
+    assert_eq!(listed.json["keys"][0]["status"], "active");
+}
+
+#[tokio::test]
+async fn create_validates_its_input() {
+    let (app, _) = app();
+    for (body, expected) in [
+        (json!({}), "invalid_name"),
+        (json!({"name": "   "}), "invalid_name"),
+        (json!({"name": "x".repeat(500)}), "invalid_name"),
+        (
+            json!({"name": "Ok", "environment": "prod"}),
+            "invalid_environment",
+        ),
+        (
+            json!({"name": "Ok", "allowed_ips": ["300.1.1.1"]}),
+            "invalid_ip_restriction",
+        ),
+        (
+            json!({"name": "Ok", "owner": "someone-else"}),
+            "field_not_editable",
+        ),
+        (json!("Ok"), "invalid_json"),
+    ] {
+        let reply = call(&app, "POST", "/keys", Some("acct"), Some(body.clone())).await;
+        assert_eq!(
+            (reply.status, code(&reply)),
+            (StatusCode::BAD_REQUEST, expected),
+            "{body}"
+        );
+    }
+    let many: Vec<String> = (0..300)
+        .map(|i| format!("10.0.{}.{}/32", i / 250, i % 250))
+        .collect();
+    let reply = call(
+        &app,
+        "POST",
+        "/keys",
+        Some("acct"),
+        Some(json!({"name": "Ok", "allowed_ips": many})),
+    )
+    .await;
+    assert_eq!(code(&reply), "too_many_ip_restrictions");
+    let listed = call(&app, "GET", "/keys", Some("acct"), None).await;
+    assert_eq!(listed.json["keys"], json!([]), "nothing half-created");
+}
+
+#[tokio::test]
+async fn unauthorized_and_non_json_writes_are_refused() {
+    let (app, _) = app();
+    for (method, path) in [
+        ("GET", "/keys"),
+        ("POST", "/keys"),
+        ("POST", "/keys/key_x/revoke"),
+    ] {
+        let reply = call(&app, method, path, None, Some(json!({"name": "x"}))).await;
+        assert_eq!(
+            (reply.status, code(&reply)),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+    }
+    // A cross-site form post cannot set application/json.
+    let request = Request::post("/keys")
+        .header("x-owner", "acct")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("name=Evil"))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let id = create(&app, "acct", "Main").await.json["record"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoke = call(
+        &app,
+        "POST",
+        &format!("/keys/{id}/revoke"),
+        Some("acct"),
+        None,
+    )
+    .await;
+    assert_eq!(code(&revoke), "json_required");
+    let listed = call(&app, "GET", "/keys", Some("acct"), None).await;
+    assert_eq!(listed.json["keys"][0]["status"], "active");
+}
+
+/// Every route and method is described, nothing more; every field of a real
+/// record and error is in the schema, and the schema names no field the API
+/// does not send.
+#[tokio::test]
+async fn the_openapi_description_matches_the_router() {
+    let spec: Value =
+        serde_json::from_str(include_str!("../openapi/admin.json")).expect("valid JSON");
+    let mut described: Vec<(String, String)> = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|m| *m != "parameters")
+        {
+            described.push((method.clone(), path.clone()));
+        }
+    }
+    let mut routes: Vec<(String, String)> = admin::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    described.sort();
+    routes.sort();
+    assert_eq!(described, routes);
+
+    let (app, manager) = app();
+    let created = create(&app, "acct", "Main").await;
+    manager
+        .verify(
+            created.json["key"].as_str().unwrap(),
+            Some("10.0.0.1".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let listed = call(&app, "GET", "/keys", Some("acct"), None).await;
+    let schemas = &spec["components"]["schemas"];
+    let same_fields = |schema: &Value, actual: &Value, what: &str| {
+        let mut declared: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        let mut sent: Vec<&String> = actual.as_object().unwrap().keys().collect();
+        declared.sort();
+        sent.sort();
+        assert_eq!(declared, sent, "{what}");
+    };
+    same_fields(&schemas["Key"], &listed.json["keys"][0], "Key");
+    same_fields(&schemas["Usage"], &listed.json["keys"][0]["usage"], "Usage");
+    // Create sends the required fields; rotate adds `previous`.
+    for field in schemas["CreatedKey"]["required"].as_array().unwrap() {
+        assert!(
+            created.json.get(field.as_str().unwrap()).is_some(),
+            "{field}"
+        );
+    }
+    let id = created.json["record"]["id"].as_str().unwrap();
+    let rotated = call(
+        &app,
+        "POST",
+        &format!("/keys/{id}/rotate"),
+        Some("acct"),
+        Some(json!({})),
+    )
+    .await;
+    same_fields(&schemas["CreatedKey"], &rotated.json, "CreatedKey");
+    same_fields(&schemas["Key"], &rotated.json["previous"], "Key (previous)");
+    let error = call(&app, "GET", "/keys", None, None).await;
+    same_fields(&schemas["Error"], &error.json, "Error");
+    let codes: Vec<&str> = schemas["Error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let source = include_str!("../src/admin.rs");
+    for code in &codes {
+        assert!(
+            source.contains(&format!("\"{code}\"")),
+            "documented code {code} is used"
+        );
+    }
+    for used in [
+        "unauthorized",
+        "key_not_found",
+        "invalid_name",
+        "invalid_ip_restriction",
+        "field_not_editable",
+        "json_required",
+        "invalid_json",
+        "key_revoked",
+        "key_expired",
+        "key_store_unavailable",
+        "invalid_environment",
+        "invalid_grace_period",
+        "too_many_ip_restrictions",
+        "invalid_request",
+    ] {
+        assert!(codes.contains(&used), "code {used} is documented");
+    }
+}
