@@ -1,0 +1,228 @@
+// The API Keys page: every action is a call to the admin router at /admin.
+"use strict";
+
+const api = async (method, path, body) => {
+  const init = { method, headers: {}, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch("/admin" + path, init);
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(data.error || `The server answered ${response.status}`);
+    error.code = data.code;
+    throw error;
+  }
+  return data;
+};
+
+const $ = (id) => document.getElementById(id);
+
+// A light check before the server's own: IPv4 or IPv6, with an optional prefix.
+const ipv4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}(\/(3[0-2]|[12]?\d))?$/;
+const ipv6 = /^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(\/(12[0-8]|1[01]\d|[1-9]?\d))?$/;
+const parseIps = (text) => {
+  const entries = text.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+  const bad = entries.find((entry) => !ipv4.test(entry) && !ipv6.test(entry));
+  return { entries, bad };
+};
+
+const showError = (input, element, message) => {
+  element.textContent = message || "";
+  element.hidden = !message;
+  input.setAttribute("aria-invalid", message ? "true" : "false");
+};
+
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "Never");
+
+const render = (keys) => {
+  const body = $("keys").querySelector("tbody");
+  body.replaceChildren();
+  $("empty").hidden = keys.length > 0;
+  for (const key of keys) {
+    const row = document.createElement("tr");
+    row.dataset.id = key.id;
+    row.className = key.status;
+    const cells = [
+      key.name,
+      null,
+      null,
+      when(key.created_at),
+      when(key.usage.last_used_at),
+      key.allowed_ips.length ? key.allowed_ips.join(", ") : "Any address",
+      String(key.usage.requests),
+    ];
+    cells.forEach((text, i) => {
+      const cell = document.createElement("td");
+      if (i === 1) {
+        const code = document.createElement("code");
+        code.textContent = key.hint;
+        cell.append(code);
+        if (key.environment === "test") {
+          const badge = document.createElement("span");
+          badge.className = "badge test";
+          badge.textContent = "Test";
+          cell.append(badge);
+        }
+      } else if (i === 2) {
+        const badge = document.createElement("span");
+        badge.className = `badge ${key.status}`;
+        badge.textContent = key.status === "active" ? "Active" : key.status === "revoked" ? "Revoked" : "Expired";
+        cell.append(badge);
+      } else {
+        cell.textContent = text;
+      }
+      if (i === 5) cell.className = "ips";
+      row.append(cell);
+    });
+    const actions = document.createElement("td");
+    if (key.status === "active") {
+      const wrap = document.createElement("div");
+      wrap.className = "row-actions";
+      const edit = document.createElement("button");
+      edit.type = "button";
+      edit.textContent = "Edit";
+      edit.setAttribute("aria-label", `Edit ${key.name}`);
+      edit.addEventListener("click", () => openEdit(key));
+      const revoke = document.createElement("button");
+      revoke.type = "button";
+      revoke.textContent = "Revoke";
+      revoke.className = "danger";
+      revoke.setAttribute("aria-label", `Revoke ${key.name}`);
+      revoke.addEventListener("click", () => openRevoke(key));
+      wrap.append(edit, revoke);
+      actions.append(wrap);
+    }
+    row.append(actions);
+    body.append(row);
+  }
+};
+
+const refresh = async () => {
+  try {
+    const data = await api("GET", "/keys");
+    render(data.keys);
+  } catch (error) {
+    $("status").textContent = error.message;
+  }
+};
+
+$("create-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = $("key-name");
+  const ips = $("key-ips");
+  showError(name, $("key-name-error"), "");
+  showError(ips, $("key-ips-error"), "");
+  if (!name.value.trim()) {
+    showError(name, $("key-name-error"), "Give the key a name that says where it is used.");
+    name.focus();
+    return;
+  }
+  const { entries, bad } = parseIps(ips.value);
+  if (bad) {
+    showError(ips, $("key-ips-error"), `“${bad}” is not an IP address or CIDR range (e.g. 203.0.113.7 or 10.0.0.0/8).`);
+    ips.focus();
+    return;
+  }
+  try {
+    const created = await api("POST", "/keys", {
+      name: name.value.trim(),
+      environment: $("key-environment").value,
+      allowed_ips: entries,
+    });
+    $("new-key").value = created.key;
+    $("copy-status").textContent = "";
+    $("new-key-panel").hidden = false;
+    $("new-key").focus();
+    $("new-key").select();
+    event.target.reset();
+    $("status").textContent = `Created “${created.record.name}”.`;
+    await refresh();
+  } catch (error) {
+    if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
+      showError(ips, $("key-ips-error"), error.message);
+    } else {
+      showError(name, $("key-name-error"), error.message);
+    }
+  }
+});
+
+$("copy-key").addEventListener("click", async () => {
+  const field = $("new-key");
+  try {
+    await navigator.clipboard.writeText(field.value);
+  } catch {
+    field.select();
+    document.execCommand("copy");
+  }
+  $("copy-status").textContent = "Copied to the clipboard.";
+});
+
+$("dismiss-key").addEventListener("click", () => {
+  $("new-key").value = "";
+  $("new-key-panel").hidden = true;
+});
+
+let editing = null;
+const openEdit = (key) => {
+  editing = key;
+  $("edit-name").value = key.name;
+  $("edit-ips").value = key.allowed_ips.join(", ");
+  showError($("edit-name"), $("edit-name-error"), "");
+  showError($("edit-ips"), $("edit-ips-error"), "");
+  $("edit-dialog").showModal();
+  $("edit-name").focus();
+};
+$("edit-cancel").addEventListener("click", () => $("edit-dialog").close());
+$("edit-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = $("edit-name");
+  const ips = $("edit-ips");
+  showError(name, $("edit-name-error"), "");
+  showError(ips, $("edit-ips-error"), "");
+  if (!name.value.trim()) {
+    showError(name, $("edit-name-error"), "A key needs a name.");
+    return;
+  }
+  const { entries, bad } = parseIps(ips.value);
+  if (bad) {
+    showError(ips, $("edit-ips-error"), `“${bad}” is not an IP address or CIDR range (e.g. 203.0.113.7 or 10.0.0.0/8).`);
+    ips.focus();
+    return;
+  }
+  try {
+    await api("PATCH", `/keys/${editing.id}`, { name: name.value.trim(), allowed_ips: entries });
+    $("edit-dialog").close();
+    $("status").textContent = "Changes saved.";
+    await refresh();
+  } catch (error) {
+    if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
+      showError(ips, $("edit-ips-error"), error.message);
+    } else {
+      showError(name, $("edit-name-error"), error.message);
+    }
+  }
+});
+
+let revoking = null;
+const openRevoke = (key) => {
+  revoking = key;
+  $("revoke-name").textContent = key.name;
+  $("revoke-dialog").showModal();
+  $("revoke-cancel").focus();
+};
+$("revoke-cancel").addEventListener("click", () => $("revoke-dialog").close());
+$("revoke-confirm").addEventListener("click", async () => {
+  try {
+    await api("POST", `/keys/${revoking.id}/revoke`, {});
+    $("status").textContent = `Revoked “${revoking.name}”.`;
+  } catch (error) {
+    $("status").textContent = error.message;
+  }
+  $("revoke-dialog").close();
+  await refresh();
+});
+
+$("origin").textContent = window.location.origin;
+refresh();
