@@ -270,6 +270,12 @@ impl Admin {
         }
     }
 
+    /// 200 `{record}`: the answer to an edit or a revocation.
+    async fn record(&self, record: &KeyRecord) -> Result<Response, Problem> {
+        let view = self.view(record).await?;
+        Ok(json(StatusCode::OK, &serde_json::json!({ "record": view })))
+    }
+
     async fn created(
         &self,
         created: CreatedKey,
@@ -450,10 +456,7 @@ async fn edit(
         update = update.allowed_ips(networks);
     }
     let updated = admin.manager.update(&record.id, update).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "record": admin.view(&updated).await? }),
-    ))
+    admin.record(&updated).await
 }
 
 async fn revoke(
@@ -466,10 +469,7 @@ async fn revoke(
     let record = admin.owned(&owner, &id).await?;
     body(&headers, &bytes, &[])?;
     let revoked = admin.manager.revoke(&record.id).await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "record": admin.view(&revoked).await? }),
-    ))
+    admin.record(&revoked).await
 }
 
 async fn rotate(

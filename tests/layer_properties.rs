@@ -7,56 +7,18 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use proptest::prelude::*;
-use tm_auth::{ApiKeyLayer, KeyManager, KeyUpdate, MemoryStore, NewKey, PeerAddr};
+
+#[path = "support/layer_world.rs"]
+mod layer_world;
+use layer_world::world;
+use tm_auth::PeerAddr;
 use tower::{Layer, ServiceExt};
-
-struct World {
-    runtime: tokio::runtime::Runtime,
-    layer: ApiKeyLayer,
-    /// Open, usable from 10.0.0.0/8 only, revoked.
-    secrets: [String; 3],
-}
-
-fn world() -> &'static World {
-    static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (layer, secrets) = runtime.block_on(async {
-            let manager = KeyManager::new(MemoryStore::new());
-            let open = manager.create(NewKey::new("acct", "Open")).await.unwrap();
-            let fenced = manager.create(NewKey::new("acct", "Fenced")).await.unwrap();
-            manager
-                .update(
-                    &fenced.record.id,
-                    KeyUpdate::new().allowed_ips(["10.0.0.0/8".parse().unwrap()]),
-                )
-                .await
-                .unwrap();
-            let revoked = manager
-                .create(NewKey::new("acct", "Revoked"))
-                .await
-                .unwrap();
-            manager.revoke(&revoked.record.id).await.unwrap();
-            let secrets = [open, fenced, revoked].map(|c| c.key.expose_secret().to_owned());
-            let layer = ApiKeyLayer::new(manager).trusted_proxies(["127.0.0.0/8".parse().unwrap()]);
-            (layer, secrets)
-        });
-        World {
-            runtime,
-            layer,
-            secrets,
-        }
-    })
-}
 
 /// A header value: arbitrary bytes, or one built around a real key.
 fn value() -> impl Strategy<Value = Vec<u8>> {

@@ -3,62 +3,17 @@
 #![no_main]
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use libfuzzer_sys::fuzz_target;
-use tm_auth::{ApiKeyLayer, KeyManager, KeyUpdate, MemoryStore, NewKey, PeerAddr};
+use tm_auth::PeerAddr;
 use tower::{Layer, ServiceExt};
 
-struct World {
-    runtime: tokio::runtime::Runtime,
-    layer: ApiKeyLayer,
-    /// `$0`, `$1`, `$2` in a header value stand for these keys, so the
-    /// fuzzer reaches every path a real key takes.
-    secrets: Vec<String>,
-}
-
-/// One store for every run: an open key, a key usable from 10.0.0.0/8
-/// only, and a revoked key.
-fn world() -> &'static World {
-    static WORLD: OnceLock<World> = OnceLock::new();
-    WORLD.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (layer, secrets) = runtime.block_on(async {
-            let manager = KeyManager::new(MemoryStore::new());
-            let open = manager.create(NewKey::new("acct", "Open")).await.unwrap();
-            let fenced = manager.create(NewKey::new("acct", "Fenced")).await.unwrap();
-            manager
-                .update(
-                    &fenced.record.id,
-                    KeyUpdate::new().allowed_ips(["10.0.0.0/8".parse().unwrap()]),
-                )
-                .await
-                .unwrap();
-            let revoked = manager
-                .create(NewKey::new("acct", "Revoked"))
-                .await
-                .unwrap();
-            manager.revoke(&revoked.record.id).await.unwrap();
-            let secrets = [open, fenced, revoked]
-                .iter()
-                .map(|created| created.key.expose_secret().to_owned())
-                .collect();
-            let layer = ApiKeyLayer::new(manager).trusted_proxies(["127.0.0.0/8".parse().unwrap()]);
-            (layer, secrets)
-        });
-        World {
-            runtime,
-            layer,
-            secrets,
-        }
-    })
-}
+#[path = "../../tests/support/layer_world.rs"]
+mod layer_world;
+use layer_world::world;
 
 fuzz_target!(|data: &[u8]| {
     let world = world();
