@@ -215,3 +215,156 @@ async fn no_key_appears_in_logs_or_debug_output() {
         }
     }
 }
+
+/// The later additions — the verification cache, the admin router, the
+/// client layer, `from_env` and the scanner — under the same TRACE capture,
+/// with every Debug and Display of their public types.
+#[tokio::test]
+async fn cache_admin_and_client_types_show_no_key() {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tm_auth::client::BearerAuthLayer;
+    use tm_auth::store::cache::{CacheConfig, CachedStore};
+
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut secrets: Vec<String> = Vec::new();
+    let mut shown: Vec<String> = Vec::new();
+
+    // The cache, including a store failure behind it.
+    let store = FaultyStore::new();
+    let cached = CachedStore::new(store.clone(), CacheConfig::new());
+    cached.invalidator().synced(std::time::Instant::now());
+    let manager = KeyManager::new(cached.clone());
+    let created = manager.create(NewKey::new("acct", "Cached")).await.unwrap();
+    secrets.push(created.key.expose_secret().to_owned());
+    manager
+        .verify(created.key.expose_secret(), None)
+        .await
+        .unwrap();
+    store.set(Op::Update, Fault::Fail);
+    shown.push(format!(
+        "{:?}",
+        manager
+            .update(&created.record.id, KeyUpdate::new().name("X"))
+            .await
+    ));
+    store.clear();
+    shown.push(format!(
+        "{cached:?} {:?} {:?}",
+        cached.invalidator(),
+        CacheConfig::new()
+    ));
+
+    // The admin router: every answer but create's and rotate's is checked
+    // too, since only those two may carry a key.
+    let router = tm_auth::admin::router(manager.clone(), |_: &http::request::Parts| {
+        Some("acct".to_owned())
+    });
+    let send = |method: &str, path: String, body: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let reply = router
+        .clone()
+        .oneshot(send("POST", "/keys".into(), r#"{"name":"Admin made"}"#))
+        .await
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&reply.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    secrets.push(body["key"].as_str().unwrap().to_owned());
+    let id = body["record"]["id"].as_str().unwrap().to_owned();
+    let rotated = router
+        .clone()
+        .oneshot(send("POST", format!("/keys/{id}/rotate"), "{}"))
+        .await
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&rotated.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    secrets.push(body["key"].as_str().unwrap().to_owned());
+    for (method, path, body) in [
+        ("GET", "/keys".to_owned(), ""),
+        (
+            "PATCH",
+            format!("/keys/{id}"),
+            r#"{"allowed_ips":["nope"]}"#,
+        ),
+        ("PATCH", format!("/keys/{id}"), r#"{"name":"Renamed"}"#),
+        ("POST", format!("/keys/{id}/revoke"), "{}"),
+        ("POST", "/keys/key_unknown/revoke".to_owned(), "{}"),
+    ] {
+        let reply = router
+            .clone()
+            .oneshot(send(method, path, body))
+            .await
+            .unwrap();
+        let bytes = reply.into_body().collect().await.unwrap().to_bytes();
+        shown.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+
+    store.set(Op::List, Fault::Fail);
+    let failed = router
+        .clone()
+        .oneshot(send("GET", "/keys".into(), ""))
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 503);
+    store.clear();
+
+    // The client side.
+    let key = TmKey::generate(Environment::Live);
+    secrets.push(key.expose_secret().to_owned());
+    for (i, value) in [
+        format!("Bearer {}", key.expose_secret()),
+        format!("\"{}\"", key.expose_secret()),
+        key.expose_secret()[..39].to_owned(),
+        format!("{}x", &key.expose_secret()[..39]),
+        format!("sk_live_{}", &key.expose_secret()[8..]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let var = format!("TM_AUTH_HYGIENE_{i}");
+        std::env::set_var(&var, value);
+        if let Err(err) = TmKey::from_env(&var) {
+            shown.push(format!("{err:?} {err}"));
+        }
+    }
+    let layer = BearerAuthLayer::new(key.clone());
+    shown.push(format!("{layer:?} {:?}", tower::Layer::layer(&layer, ())));
+    if let Err(err) = BearerAuthLayer::for_environment(key.clone(), Environment::Test) {
+        shown.push(format!("{err:?} {err}"));
+    }
+    let text = format!("leaked: {}", key.expose_secret());
+    shown.push(format!(
+        "{:?}",
+        tm_auth::scan::find_keys(&text).collect::<Vec<_>>()
+    ));
+
+    drop(_guard);
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("API key") || !logs.is_empty(),
+        "the capture saw the scenario"
+    );
+    let everything = format!("{logs}\n{}", shown.join("\n"));
+    for secret in &secrets {
+        for window in secret.as_bytes()[8..34].windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(
+                !everything.contains(window),
+                "{window} of a key appears in:\n{everything}"
+            );
+        }
+    }
+}
