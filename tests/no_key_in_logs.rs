@@ -57,8 +57,9 @@ async fn call(layer: &ApiKeyLayer, authorization: Option<String>, forwarded: Opt
     response.status().as_u16()
 }
 
-#[tokio::test]
-async fn no_key_appears_in_logs_or_debug_output() {
+/// Everything logged on this thread, at every level, from now until the
+/// guard is dropped.
+fn capture_everything() -> (Capture, tracing::subscriber::DefaultGuard) {
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -66,7 +67,26 @@ async fn no_key_appears_in_logs_or_debug_output() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
+/// No key's random part, nor any 8 consecutive characters of it, is in
+/// `everything`.
+fn assert_no_key_in<'a>(secrets: impl IntoIterator<Item = &'a str>, everything: &str) {
+    for secret in secrets {
+        for window in secret.as_bytes()[8..34].windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(
+                !everything.contains(window),
+                "{window} of a key appears in:\n{everything}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_key_appears_in_logs_or_debug_output() {
+    let (capture, _guard) = capture_everything();
 
     let clock = ManualClock::new(SystemTime::now());
     let store = FaultyStore::new();
@@ -203,17 +223,7 @@ async fn no_key_appears_in_logs_or_debug_output() {
     );
 
     let everything = format!("{logs}\n{}", debug_output.join("\n"));
-    for key in &secrets {
-        let secret = key.expose_secret();
-        // The random part, and any 8 consecutive characters of it.
-        for window in secret.as_bytes()[8..34].windows(8) {
-            let window = std::str::from_utf8(window).unwrap();
-            assert!(
-                !everything.contains(window),
-                "{window} of a key appears in:\n{everything}"
-            );
-        }
-    }
+    assert_no_key_in(secrets.iter().map(TmKey::expose_secret), &everything);
 }
 
 /// The later additions — the verification cache, the admin router, the
@@ -226,14 +236,7 @@ async fn cache_admin_and_client_types_show_no_key() {
     use tm_auth::client::BearerAuthLayer;
     use tm_auth::store::cache::{CacheConfig, CachedStore};
 
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = capture_everything();
     let mut secrets: Vec<String> = Vec::new();
     let mut shown: Vec<String> = Vec::new();
 
@@ -358,13 +361,5 @@ async fn cache_admin_and_client_types_show_no_key() {
         "the capture saw the scenario"
     );
     let everything = format!("{logs}\n{}", shown.join("\n"));
-    for secret in &secrets {
-        for window in secret.as_bytes()[8..34].windows(8) {
-            let window = std::str::from_utf8(window).unwrap();
-            assert!(
-                !everything.contains(window),
-                "{window} of a key appears in:\n{everything}"
-            );
-        }
-    }
+    assert_no_key_in(secrets.iter().map(String::as_str), &everything);
 }
