@@ -81,7 +81,9 @@ impl CacheConfig {
     }
 
     /// Most keys held (at least 1). When full, entries past their age are
-    /// dropped, and if that frees nothing the cache starts over.
+    /// dropped, and unless that frees a tenth the cache starts over (so a
+    /// working set larger than the cache costs a refill, never a scan per
+    /// lookup).
     pub fn positive_capacity(mut self, entries: usize) -> CacheConfig {
         self.positive_capacity = entries.max(1);
         self
@@ -203,10 +205,13 @@ impl State {
         match answer {
             Some(record) => {
                 let positive = self.positive.pin();
-                if positive.len() >= self.config.positive_capacity {
+                let capacity = self.config.positive_capacity;
+                if positive.len() >= capacity {
                     let max_age = to_ms(self.config.max_age);
                     positive.retain(|_, entry| now.saturating_sub(entry.filled_ms) < max_age);
-                    if positive.len() >= self.config.positive_capacity {
+                    // Unless a tenth is free now, start over: each full scan
+                    // is then paid for by a tenth of the capacity in fills.
+                    if positive.len() > capacity - capacity / 10 {
                         positive.clear();
                     }
                 }
@@ -220,9 +225,10 @@ impl State {
             }
             None => {
                 let negative = self.negative.pin();
-                if negative.len() >= self.config.negative_capacity {
+                let capacity = self.config.negative_capacity;
+                if negative.len() >= capacity {
                     negative.retain(|_, entry| now < entry.expires_ms);
-                    if negative.len() >= self.config.negative_capacity {
+                    if negative.len() > capacity - capacity / 10 {
                         negative.clear();
                     }
                 }
