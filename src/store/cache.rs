@@ -211,7 +211,7 @@ impl State {
                     positive.retain(|_, entry| now.saturating_sub(entry.filled_ms) < max_age);
                     // Unless a tenth is free now, start over: each full scan
                     // is then paid for by a tenth of the capacity in fills.
-                    if positive.len() > capacity - capacity / 10 {
+                    if positive.len() > capacity - (capacity / 10).max(1) {
                         positive.clear();
                     }
                 }
@@ -228,7 +228,7 @@ impl State {
                 let capacity = self.config.negative_capacity;
                 if negative.len() >= capacity {
                     negative.retain(|_, entry| now < entry.expires_ms);
-                    if negative.len() > capacity - capacity / 10 {
+                    if negative.len() > capacity - (capacity / 10).max(1) {
                         negative.clear();
                     }
                 }
