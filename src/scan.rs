@@ -312,6 +312,18 @@ mod tests {
     }
 
     #[test]
+    fn binary_input_around_a_key_is_fine() {
+        let key = TmKey::generate(Environment::Test);
+        let mut bytes = vec![0xff, 0xfe, 0x00, b't', b'm', b'_'];
+        bytes.extend_from_slice(key.expose_secret().as_bytes());
+        bytes.extend_from_slice(&[0xc3, 0x28, b't', b'm', b'_', b'l']);
+        let found: Vec<Finding> = find_keys_in_bytes(&bytes).collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].offset, 6);
+        assert_eq!(found[0].environment, Environment::Test);
+    }
+
+    #[test]
     fn a_read_error_is_reported() {
         struct Failing;
         impl Read for Failing {
