@@ -108,26 +108,50 @@ const refresh = async () => {
   }
 };
 
+// A form's name and IP restriction fields, with their error lines.
+const fieldsOf = (prefix) => ({
+  name: $(`${prefix}-name`),
+  nameError: $(`${prefix}-name-error`),
+  ips: $(`${prefix}-ips`),
+  ipsError: $(`${prefix}-ips-error`),
+});
+
+// Clears old errors and checks the fields here first; the IP entries, or
+// null after showing what is wrong.
+const checkFields = (fields, emptyName) => {
+  showError(fields.name, fields.nameError, "");
+  showError(fields.ips, fields.ipsError, "");
+  if (!fields.name.value.trim()) {
+    showError(fields.name, fields.nameError, emptyName);
+    fields.name.focus();
+    return null;
+  }
+  const { entries, bad } = parseIps(fields.ips.value);
+  if (bad) {
+    showError(fields.ips, fields.ipsError, `“${bad}” is not an IP address or CIDR range (e.g. 203.0.113.7 or 10.0.0.0/8).`);
+    fields.ips.focus();
+    return null;
+  }
+  return entries;
+};
+
+// The server's refusal, shown beside the field it is about.
+const showServerError = (fields, error) => {
+  if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
+    showError(fields.ips, fields.ipsError, error.message);
+  } else {
+    showError(fields.name, fields.nameError, error.message);
+  }
+};
+
 $("create-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const name = $("key-name");
-  const ips = $("key-ips");
-  showError(name, $("key-name-error"), "");
-  showError(ips, $("key-ips-error"), "");
-  if (!name.value.trim()) {
-    showError(name, $("key-name-error"), "Give the key a name that says where it is used.");
-    name.focus();
-    return;
-  }
-  const { entries, bad } = parseIps(ips.value);
-  if (bad) {
-    showError(ips, $("key-ips-error"), `“${bad}” is not an IP address or CIDR range (e.g. 203.0.113.7 or 10.0.0.0/8).`);
-    ips.focus();
-    return;
-  }
+  const fields = fieldsOf("key");
+  const entries = checkFields(fields, "Give the key a name that says where it is used.");
+  if (entries === null) return;
   try {
     const created = await api("POST", "/keys", {
-      name: name.value.trim(),
+      name: fields.name.value.trim(),
       environment: $("key-environment").value,
       allowed_ips: entries,
     });
@@ -140,11 +164,7 @@ $("create-form").addEventListener("submit", async (event) => {
     $("status").textContent = `Created “${created.record.name}”.`;
     await refresh();
   } catch (error) {
-    if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
-      showError(ips, $("key-ips-error"), error.message);
-    } else {
-      showError(name, $("key-name-error"), error.message);
-    }
+    showServerError(fields, error);
   }
 });
 
@@ -177,31 +197,16 @@ const openEdit = (key) => {
 $("edit-cancel").addEventListener("click", () => $("edit-dialog").close());
 $("edit-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const name = $("edit-name");
-  const ips = $("edit-ips");
-  showError(name, $("edit-name-error"), "");
-  showError(ips, $("edit-ips-error"), "");
-  if (!name.value.trim()) {
-    showError(name, $("edit-name-error"), "A key needs a name.");
-    return;
-  }
-  const { entries, bad } = parseIps(ips.value);
-  if (bad) {
-    showError(ips, $("edit-ips-error"), `“${bad}” is not an IP address or CIDR range (e.g. 203.0.113.7 or 10.0.0.0/8).`);
-    ips.focus();
-    return;
-  }
+  const fields = fieldsOf("edit");
+  const entries = checkFields(fields, "A key needs a name.");
+  if (entries === null) return;
   try {
-    await api("PATCH", `/keys/${editing.id}`, { name: name.value.trim(), allowed_ips: entries });
+    await api("PATCH", `/keys/${editing.id}`, { name: fields.name.value.trim(), allowed_ips: entries });
     $("edit-dialog").close();
     $("status").textContent = "Changes saved.";
     await refresh();
   } catch (error) {
-    if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
-      showError(ips, $("edit-ips-error"), error.message);
-    } else {
-      showError(name, $("edit-name-error"), error.message);
-    }
+    showServerError(fields, error);
   }
 });
 
