@@ -251,6 +251,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_at_once_behind_an_arc_or_a_box() {
+        let store = MemoryStore::new();
+        let stored = record("a");
+        store.insert(stored.clone()).await.unwrap();
+        let shared: Arc<dyn KeyStore> = Arc::new(store.clone());
+        let boxed: Box<dyn KeyStore> = Box::new(store.clone());
+        for wrapped in [&shared as &dyn KeyStore, &boxed as &dyn KeyStore] {
+            let found = wrapped.find_by_hash_now(&stored.hash);
+            assert!(
+                matches!(found, Some(Ok(Some(ref r))) if r.id == stored.id),
+                "a wrapped store must keep answering without a future"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn duplicate_ids_or_hashes_conflict() {
         let store = MemoryStore::new();
         let first = record("a");

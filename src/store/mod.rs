@@ -292,6 +292,14 @@ macro_rules! delegate_store {
             ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
                 (**self).find_by_hash(hash).await
             }
+            // Forwarded, or a store behind an `Arc` or a `Box` would lose its
+            // synchronous answers and cost a boxed future per verification.
+            fn find_by_hash_now(
+                &self,
+                hash: &KeyHash,
+            ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+                (**self).find_by_hash_now(hash)
+            }
             async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
                 (**self).get(id).await
             }
