@@ -15,10 +15,10 @@ use crate::record::{
     ip_allowed, validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
     MAX_ALLOWED_IPS,
 };
-use crate::store::{KeyStore, StoreError, StoreUpdate};
+use crate::store::{KeyStore, StoreError, StoreUpdate, StoredKey};
 use crate::usage::{
-    Dispatcher, KeyUsage, NoRuntime, RateLimitStatus, Rejection, Tracker, UsageConfig, UsageSample,
-    UsageTask,
+    Dispatcher, KeyUsage, NoRuntime, RateLimitStatus, Rejection, Tracker, UsageConfig, UsageLink,
+    UsageSample, UsageTask,
 };
 
 /// How long a store call may take before it counts as a failure, unless
@@ -125,8 +125,36 @@ impl VerifyOptions {
 /// ```
 #[derive(Clone)]
 pub struct AuthenticatedKey {
-    record: Arc<KeyRecord>,
+    record: Found,
     rate_limit: Option<RateLimitStatus>,
+}
+
+/// A record as the store shared it: on its own, or as a [`StoredKey`] that
+/// links to the key's usage counters.
+#[derive(Clone)]
+enum Found {
+    Record(Arc<KeyRecord>),
+    Stored(Arc<StoredKey>),
+}
+
+impl Found {
+    fn usage_link(&self) -> Option<&UsageLink> {
+        match self {
+            Found::Record(_) => None,
+            Found::Stored(stored) => Some(stored.usage_link()),
+        }
+    }
+}
+
+impl std::ops::Deref for Found {
+    type Target = KeyRecord;
+
+    fn deref(&self) -> &KeyRecord {
+        match self {
+            Found::Record(record) => record,
+            Found::Stored(stored) => stored.record(),
+        }
+    }
 }
 
 impl AuthenticatedKey {
@@ -480,14 +508,25 @@ impl KeyManager {
         hash: &KeyHash,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
-        let found = match self.inner.store.find_by_hash_now(hash) {
-            Some(found) => found,
-            None => {
-                self.bounded(options.timeout, self.inner.store.find_by_hash(hash))
-                    .await
-            }
-        };
-        self.judge(hash, found.map_err(AuthError::StoreUnavailable)?, options)
+        if let Some(found) = self.find_now(hash) {
+            return self.judge(hash, found.map_err(AuthError::StoreUnavailable)?, options);
+        }
+        let found = self
+            .bounded(options.timeout, self.inner.store.find_by_hash(hash))
+            .await;
+        let found = found.map_err(AuthError::StoreUnavailable)?;
+        self.judge(hash, found.map(Found::Record), options)
+    }
+
+    /// The store's answer if it has one without waiting: its shared entry
+    /// (with the usage link) where it keeps them, else its record.
+    fn find_now(&self, hash: &KeyHash) -> Option<Result<Option<Found>, StoreError>> {
+        let store = &self.inner.store;
+        if let Some(found) = store.find_stored_now(hash) {
+            return Some(found.map(|found| found.map(Found::Stored)));
+        }
+        let found = store.find_by_hash_now(hash)?;
+        Some(found.map(|found| found.map(Found::Record)))
     }
 
     pub(crate) fn verify_hash_now(
@@ -495,7 +534,7 @@ impl KeyManager {
         hash: &KeyHash,
         options: VerifyOptions,
     ) -> Option<Result<AuthenticatedKey, AuthError>> {
-        let found = self.inner.store.find_by_hash_now(hash)?;
+        let found = self.find_now(hash)?;
         Some(
             found
                 .map_err(AuthError::StoreUnavailable)
@@ -508,7 +547,7 @@ impl KeyManager {
     fn judge(
         &self,
         hash: &KeyHash,
-        found: Option<Arc<KeyRecord>>,
+        found: Option<Found>,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
         // A store that answers with another key's record is treated as not
@@ -516,9 +555,9 @@ impl KeyManager {
         let record = found
             .filter(|record| record.hash == *hash)
             .ok_or(AuthError::UnknownKey)?;
-        let (id, usage) = (record.id, &*self.inner.usage);
+        let (link, usage) = (record.usage_link(), &*self.inner.usage);
         let refuse = |reason: Rejection, err: AuthError| {
-            usage.rejected(id, reason);
+            usage.rejected(&record, link, reason);
             Err(err)
         };
         if record.revoked_at.is_some() {
@@ -551,7 +590,7 @@ impl KeyManager {
             return refuse(Rejection::IpNotAllowed, err);
         }
         let rate_limit = match record.rate_limit {
-            Some(limit) => match usage.take(id, limit, now) {
+            Some(limit) => match usage.take(&record, link, limit, now) {
                 Ok(status) => Some(status),
                 Err(retry_after) => {
                     return Err(AuthError::RateLimited {
@@ -562,7 +601,7 @@ impl KeyManager {
             },
             None => None,
         };
-        usage.succeeded(id, now, options.client_ip);
+        usage.succeeded(&record, link, now, options.client_ip);
         Ok(AuthenticatedKey { record, rate_limit })
     }
 

@@ -197,7 +197,7 @@ pub enum KeyStatus {
 /// # }
 /// ```
 // `repr(C)` keeps the fields every verification reads — hash, revocation,
-// expiry, allowlist, id (for usage counting), rate limit — together at the
+// expiry, allowlist, rate limit, id (for usage counting) — together at the
 // front, next to the `Arc` counts: 128 bytes, so a lookup in a large store
 // touches two cache lines where it can. The id used to sit after the
 // environment and the hint, 8 bytes further: that cost a third line often
@@ -213,10 +213,10 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     /// Networks the key may be used from; empty means anywhere.
     pub allowed_ips: Vec<IpNetwork>,
-    /// The key's public identifier.
-    pub id: KeyId,
     /// The provider's per-key limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// The key's public identifier.
+    pub id: KeyId,
     /// Live or test.
     pub environment: Environment,
     /// `tm_live_...abcd`, for lists.
@@ -600,8 +600,8 @@ mod tests {
         // 16 bytes of `Arc` counts, then everything a verification without
         // an environment check reads (up to the rate limit), in 128 bytes.
         assert_eq!(std::mem::size_of::<KeyRecord>(), 184);
-        assert_eq!(std::mem::offset_of!(KeyRecord, id), 88);
-        assert_eq!(std::mem::offset_of!(KeyRecord, rate_limit), 104);
+        assert_eq!(std::mem::offset_of!(KeyRecord, rate_limit), 88);
+        assert_eq!(std::mem::offset_of!(KeyRecord, id), 96);
         assert_eq!(std::mem::offset_of!(KeyRecord, environment), 112);
     }
 

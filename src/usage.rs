@@ -3,9 +3,11 @@
 //! Each key that is used gets a block of counters on its first use (keys
 //! never used cost nothing): successful requests, rejections by reason, the
 //! last use and its client address, a per-minute history, and the state of
-//! its rate-limit window. Counting on the request path is lock-free — a
-//! lock-free map lookup and a few atomic operations — and allocates nothing
-//! after a key's first use.
+//! its rate-limit window. Counting on the request path is lock-free and
+//! allocates nothing after a key's first use: a few atomic operations on
+//! counters found through the record the verification has just read (stores
+//! that keep [`StoredKey`](crate::store::StoredKey)s, such as `MemoryStore`),
+//! or by a lock-free map lookup (any other store).
 //!
 //! Counts reach the store in batches ([`KeyStore::record_usage`]): by
 //! [`KeyManager::flush_usage`](crate::KeyManager::flush_usage), by the
@@ -24,7 +26,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::record::{KeyId, RateLimit, UniformHasher};
+use crate::record::{KeyId, KeyRecord, RateLimit, UniformHasher};
 use crate::store::{Rejections, UsageDelta, UsageTotals};
 
 /// How usage is monitored. The default keeps 24 hours of per-minute history
@@ -311,9 +313,10 @@ impl IpCell {
 /// A ring of per-minute counts, allocated an hour (480 bytes) at a time
 /// when a minute of that hour is first counted: a key used for a few
 /// minutes costs one hour of history, not a day's 11.5 KB.
+#[repr(C)]
 struct Minutes {
-    hours: Box<[OnceLock<Box<[AtomicU64]>>]>,
     len: usize,
+    hours: Box<[OnceLock<Box<[AtomicU64]>>]>,
 }
 
 impl Minutes {
@@ -350,28 +353,38 @@ impl Minutes {
 
 /// One used key's counters. The fields every request touches come first,
 /// on one cache line; the history ring is written once a minute.
+#[repr(C)]
 struct Counters {
+    /// The [`Tracker`] these belong to (its `tag`), so a link a store keeps
+    /// is only followed by the manager that made it.
+    tracker: u64,
     requests: AtomicU64,
     last_used_ms: AtomicU64,
     /// (epoch minute, count) of the minute being counted now.
     current: AtomicU64,
     /// (epoch minute, spike threshold for that minute).
     spike: AtomicU64,
+    /// Per-minute ring of finished minutes: (epoch minute, count) in each
+    /// word. Its length is read by every request: it stays on the first line.
+    minutes: Minutes,
+    /// Read by every request that has a client address.
+    last_ip: IpCell,
+    /// (window index, requests let in) of the rate-limit window.
+    window: AtomicU64,
     rejected: [AtomicU64; 5],
     /// What already reached the store, to compute the next delta.
     sent_requests: AtomicU64,
     sent_rejected: [AtomicU64; 5],
     sent_last_used_ms: AtomicU64,
-    last_ip: IpCell,
-    /// (window index, requests let in) of the rate-limit window.
-    window: AtomicU64,
-    /// Per-minute ring of finished minutes: (epoch minute, count) in each word.
-    minutes: Minutes,
+    /// Whose counters these are, for the observer's events.
+    id: KeyId,
 }
 
 impl Counters {
-    fn new(history_minutes: usize) -> Counters {
+    fn new(tracker: u64, id: KeyId, history_minutes: usize) -> Counters {
         Counters {
+            tracker,
+            id,
             requests: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
             current: AtomicU64::new(0),
@@ -484,13 +497,45 @@ pub(crate) enum Event {
     NewIp(NewIp),
 }
 
-// Counters live inside the map's entries: one allocation and one cache miss
-// fewer per request than a pointer to them would cost.
-type KeyMap = papaya::HashMap<KeyId, Counters, BuildHasherDefault<UniformHasher>>;
+// The map owns every used key's counters; a store that keeps its records
+// as `StoredKey`s also keeps a link to them beside the record, so most
+// requests never search the map (one dependent cache miss instead of three
+// at a million keys).
+type KeyMap = papaya::HashMap<KeyId, Arc<Counters>, BuildHasherDefault<UniformHasher>>;
+
+/// Where a store keeps, beside one version of a key's record, a link to the
+/// manager's counters for that key: set on the key's first use through that
+/// version, carried over to the next version by [`StoredKey::replaced`].
+///
+/// [`StoredKey::replaced`]: crate::store::StoredKey::replaced
+#[derive(Default)]
+pub(crate) struct UsageLink(OnceLock<Arc<Counters>>);
+
+impl UsageLink {
+    /// A link to the same counters as `self`, if it has any yet. A link set
+    /// on the old version after this copy is made is not lost: the next use
+    /// of the new version finds the counters in the map.
+    pub(crate) fn copy(&self) -> UsageLink {
+        let link = UsageLink::default();
+        if let Some(counters) = self.0.get() {
+            let _ = link.0.set(Arc::clone(counters));
+        }
+        link
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+/// Tells trackers apart, so a link is only followed by its own tracker.
+static NEXT_TRACKER: AtomicU64 = AtomicU64::new(1);
 
 /// The manager's counters for every used key.
 pub(crate) struct Tracker {
     config: UsageConfig,
+    tag: u64,
     keys: KeyMap,
     events: tokio::sync::mpsc::Sender<Event>,
     receiver: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Event>>>,
@@ -509,6 +554,7 @@ impl Tracker {
         let (events, receiver) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         Tracker {
             config,
+            tag: NEXT_TRACKER.fetch_add(1, Ordering::Relaxed),
             // Counters are inserted once per key and then only read: blocking
             // resizes finish at once, where incremental ones leave reads
             // searching two tables until later writes complete the move.
@@ -527,19 +573,41 @@ impl Tracker {
         &self.config
     }
 
-    /// Runs `f` on `id`'s counters, creating them on the key's first use.
+    /// Runs `f` on `id`'s counters, creating them on the key's first use:
+    /// through `link` when the store keeps one and it is this tracker's,
+    /// otherwise from the map (and then the link is set, if still empty).
     /// The map is read under its guard: no reference count is touched.
-    fn with_counters<R>(&self, id: KeyId, f: impl FnOnce(&Counters) -> R) -> R {
-        let keys = self.keys.pin();
-        if let Some(found) = keys.get(&id) {
-            return f(found);
+    /// `record.id` is read only on the way through the map: with a link, a
+    /// request reads nothing of the record beyond its first 128 bytes.
+    fn with_counters<R>(
+        &self,
+        record: &KeyRecord,
+        link: Option<&UsageLink>,
+        f: impl FnOnce(&Counters) -> R,
+    ) -> R {
+        if let Some(counters) = link.and_then(|link| link.0.get()) {
+            if counters.tracker == self.tag {
+                return f(counters);
+            }
         }
-        let history = if self.config.enabled {
-            self.config.history_minutes
-        } else {
-            0
+        let id = record.id;
+        let keys = self.keys.pin();
+        let counters = match keys.get(&id) {
+            Some(found) => found,
+            None => {
+                let history = if self.config.enabled {
+                    self.config.history_minutes
+                } else {
+                    0
+                };
+                keys.get_or_insert_with(id, || Arc::new(Counters::new(self.tag, id, history)))
+            }
         };
-        f(keys.get_or_insert_with(id, || Counters::new(history)))
+        if let Some(link) = link {
+            // Whoever sets it first wins; another tracker's link is left alone.
+            let _ = link.0.set(Arc::clone(counters));
+        }
+        f(counters)
     }
 
     fn send(&self, event: Event) {
@@ -551,11 +619,12 @@ impl Tracker {
     /// Takes a request of `id` into its rate-limit window.
     pub(crate) fn take(
         &self,
-        id: KeyId,
+        record: &KeyRecord,
+        link: Option<&UsageLink>,
         limit: RateLimit,
         now: SystemTime,
     ) -> Result<RateLimitStatus, Duration> {
-        self.with_counters(id, |counters| {
+        self.with_counters(record, link, |counters| {
             let taken = counters.take(limit, millis(now));
             if taken.is_err() && self.config.enabled {
                 counters.rejected[Rejection::RateLimited as usize].fetch_add(1, Ordering::Relaxed);
@@ -565,20 +634,27 @@ impl Tracker {
     }
 
     /// Counts a refused request of a real key.
-    pub(crate) fn rejected(&self, id: KeyId, reason: Rejection) {
+    pub(crate) fn rejected(&self, record: &KeyRecord, link: Option<&UsageLink>, reason: Rejection) {
         if self.config.enabled {
-            self.with_counters(id, |c| {
+            self.with_counters(record, link, |c| {
                 c.rejected[reason as usize].fetch_add(1, Ordering::Relaxed)
             });
         }
     }
 
     /// Counts a successful request.
-    pub(crate) fn succeeded(&self, id: KeyId, now: SystemTime, ip: Option<IpAddr>) {
+    pub(crate) fn succeeded(
+        &self,
+        record: &KeyRecord,
+        link: Option<&UsageLink>,
+        now: SystemTime,
+        ip: Option<IpAddr>,
+    ) {
         if !self.config.enabled {
             return;
         }
-        self.with_counters(id, |counters| {
+        self.with_counters(record, link, |counters| {
+            let id = counters.id;
             counters.requests.fetch_add(1, Ordering::Relaxed);
             let now_ms = millis(now);
             // A plain store, not a locked read-modify-write: two requests in
@@ -854,7 +930,7 @@ mod tests {
 
     #[test]
     fn windows_are_exact_and_refusals_take_no_quota() {
-        let counters = Counters::new(1);
+        let counters = Counters::new(0, KeyId::from_u128(1), 1);
         let limit = RateLimit::new(3, Duration::from_secs(10));
         let start = 1_000_000_000u64; // on a 10 s boundary
         for remaining in [2, 1, 0] {
@@ -876,7 +952,7 @@ mod tests {
 
     #[test]
     fn minutes_roll_over() {
-        let counters = Counters::new(3);
+        let counters = Counters::new(0, KeyId::from_u128(1), 3);
         assert_eq!(counters.count_minute(100), Some((1, true)));
         assert_eq!(counters.count_minute(100), Some((2, false)));
         assert_eq!(counters.count_minute(101), Some((1, true)));
@@ -893,7 +969,11 @@ mod tests {
             None,
             "older than the minute being counted"
         );
-        assert_eq!(Counters::new(0).count_minute(5), None, "no history kept");
+        assert_eq!(
+            Counters::new(0, KeyId::from_u128(1), 0).count_minute(5),
+            None,
+            "no history kept"
+        );
     }
 
     #[test]

@@ -515,3 +515,74 @@ async fn snapshots_list_every_used_key() {
     assert_eq!((samples[0].id, samples[0].requests), (b.record.id, 1));
     assert_eq!((samples[1].id, samples[1].requests), (a.record.id, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_and_limits_stay_exact_while_the_key_is_edited() {
+    // Every edit makes a new version of the stored record; the counters and
+    // the rate-limit window must be the same ones across versions.
+    let manager = KeyManager::new(MemoryStore::new()).with_clock(ManualClock::new(start()));
+    let created = manager
+        .create(
+            NewKey::new("acct", "Plan")
+                .rate_limit(RateLimit::new(3_000, Duration::from_secs(3600))),
+        )
+        .await
+        .unwrap();
+    let (id, secret) = (created.record.id, created.key.expose_secret().to_owned());
+    let editor = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let update = KeyUpdate::new().name(format!("Plan {i}"));
+                manager.update(&id, update).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let (manager, secret) = (manager.clone(), secret.clone());
+        handles.push(tokio::spawn(async move {
+            let mut passed = 0u64;
+            for _ in 0..500 {
+                if manager.verify(&secret, ip("203.0.113.9")).await.is_ok() {
+                    passed += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            passed
+        }));
+    }
+    let mut passed = 0;
+    for handle in handles {
+        passed += handle.await.unwrap();
+    }
+    editor.await.unwrap();
+    assert_eq!(passed, 3_000, "exactly the limit passes across edits");
+    let usage = manager.usage(&id).await.unwrap();
+    assert_eq!(usage.requests, 3_000);
+    assert_eq!(usage.rejections.rate_limited, 1_000);
+    manager.flush_usage().await.unwrap();
+    assert_eq!(manager.usage(&id).await.unwrap().requests, 3_000);
+}
+
+#[tokio::test]
+async fn managers_sharing_a_store_each_count_their_own_requests() {
+    let store = MemoryStore::new();
+    let first = KeyManager::new(store.clone());
+    let second = KeyManager::new(store.clone());
+    let created = first.create(NewKey::new("acct", "Main")).await.unwrap();
+    let (id, secret) = (created.record.id, created.key.expose_secret());
+    for _ in 0..3 {
+        first.verify(secret, None).await.unwrap();
+    }
+    for _ in 0..5 {
+        second.verify(secret, None).await.unwrap();
+    }
+    assert_eq!(first.usage(&id).await.unwrap().requests, 3);
+    assert_eq!(second.usage(&id).await.unwrap().requests, 5);
+    first.flush_usage().await.unwrap();
+    second.flush_usage().await.unwrap();
+    assert_eq!(first.usage(&id).await.unwrap().requests, 8);
+    assert_eq!(second.usage(&id).await.unwrap().requests, 8);
+}

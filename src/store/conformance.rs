@@ -23,7 +23,8 @@
 //! only ever shorten an expiry and never touch a revoked record; revocation
 //! keeps its first time and is seen by the next lookup; usage batches add up,
 //! the latest use wins and unknown ids are ignored;
-//! [`find_by_hash_now`](KeyStore::find_by_hash_now), when it answers, agrees
+//! [`find_by_hash_now`](KeyStore::find_by_hash_now) and
+//! [`find_stored_now`](KeyStore::find_stored_now), when they answer, agree
 //! with `find_by_hash`; concurrent inserts and revocations lose nothing.
 
 use std::fmt;
@@ -451,6 +452,14 @@ async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
                 "find_by_hash_now answered {now:?} where find_by_hash answered {later:?}"
             );
         }
+        if let Some(now) = store.find_stored_now(&hash) {
+            let now = now.map_err(|e| e.to_string())?;
+            let later = store.find_by_hash(&hash).await.map_err(|e| e.to_string())?;
+            ensure!(
+                now.as_ref().map(|stored| stored.record()) == later.as_deref(),
+                "find_stored_now answered {now:?} where find_by_hash answered {later:?}"
+            );
+        }
     }
     store
         .revoke(&record.id, at_ms(7))
@@ -461,6 +470,13 @@ async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
         ensure!(
             now.and_then(|r| r.revoked_at).is_some(),
             "find_by_hash_now did not see a revocation"
+        );
+    }
+    if let Some(now) = store.find_stored_now(&record.hash) {
+        let now = now.map_err(|e| e.to_string())?;
+        ensure!(
+            now.and_then(|stored| stored.record().revoked_at).is_some(),
+            "find_stored_now did not see a revocation"
         );
     }
     Ok(())

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use super::{KeyStore, StoreError, StoreUpdate, StoredKey, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord, UniformHasher};
 
@@ -61,7 +61,7 @@ fn id_slot(id: &KeyId) -> u64 {
 #[derive(Default)]
 struct Inner {
     /// The verification path: one lookup, one `Arc` clone.
-    by_hash: UniformMap<Arc<KeyRecord>>,
+    by_hash: UniformMap<Arc<StoredKey>>,
     /// Id to hash slot. Lock order, everywhere: `by_id` before `by_hash`.
     by_id: UniformMap<u64>,
     /// Each owner's keys (id slots) in insertion order.
@@ -87,16 +87,16 @@ impl MemoryStore {
 
     fn record(&self, id: &KeyId) -> Option<KeyRecord> {
         let slot = self.inner.by_id.get(&id_slot(id))?;
-        let record = self.inner.by_hash.get(&*slot)?;
-        (record.id == *id).then(|| KeyRecord::clone(&record))
+        let stored = self.inner.by_hash.get(&*slot)?;
+        (stored.record().id == *id).then(|| stored.record().clone())
     }
 
-    fn lookup(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
+    fn lookup(&self, hash: &KeyHash) -> Option<Arc<StoredKey>> {
         self.inner
             .by_hash
             .get(&hash_slot(hash))
-            .filter(|record| record.hash == *hash)
-            .map(|record| Arc::clone(&record))
+            .filter(|stored| stored.record().hash == *hash)
+            .map(|stored| Arc::clone(&stored))
     }
 
     fn contains(&self, id: &KeyId) -> bool {
@@ -104,20 +104,20 @@ impl MemoryStore {
             .by_id
             .get(&id_slot(id))
             .and_then(|slot| self.inner.by_hash.get(&*slot))
-            .is_some_and(|record| record.id == *id)
+            .is_some_and(|stored| stored.record().id == *id)
     }
 
     /// Replaces the record with `id` by `change(record)`, atomically.
     fn modify(&self, id: &KeyId, change: impl FnOnce(&mut KeyRecord)) -> Option<KeyRecord> {
         let slot = self.inner.by_id.get(&id_slot(id))?;
         let mut stored = self.inner.by_hash.get_mut(&*slot)?;
-        if stored.id != *id {
+        if stored.record().id != *id {
             return None;
         }
-        let mut record = KeyRecord::clone(&stored);
+        let mut record = stored.record().clone();
         change(&mut record);
-        if record != **stored {
-            *stored = Arc::new(record.clone());
+        if record != *stored.record() {
+            *stored = Arc::new(stored.replaced(record.clone()));
         }
         Some(record)
     }
@@ -142,7 +142,7 @@ impl KeyStore for MemoryStore {
             return Err(StoreError::Conflict);
         };
         let owner = record.owner.clone();
-        hash_entry.insert(Arc::new(record));
+        hash_entry.insert(Arc::new(StoredKey::new(record)));
         // Listed while the id entry is still held, so no one finds the key by
         // id before it is listed.
         self.inner.by_owner.entry(owner).or_default().push(id);
@@ -150,14 +150,27 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
+    // The manager uses `find_stored_now`; other callers get a copy of the
+    // record in an `Arc` of its own.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(self.lookup(hash))
+        Ok(self
+            .lookup(hash)
+            .map(|stored| Arc::new(stored.record().clone())))
     }
 
     fn find_by_hash_now(
         &self,
         hash: &KeyHash,
     ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        Some(Ok(self
+            .lookup(hash)
+            .map(|stored| Arc::new(stored.record().clone()))))
+    }
+
+    fn find_stored_now(
+        &self,
+        hash: &KeyHash,
+    ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
         Some(Ok(self.lookup(hash)))
     }
 
@@ -174,8 +187,8 @@ impl KeyStore for MemoryStore {
             .iter()
             .filter_map(|slot| {
                 let hash = self.inner.by_id.get(slot)?;
-                let record = self.inner.by_hash.get(&*hash)?;
-                Some(KeyRecord::clone(&record))
+                let stored = self.inner.by_hash.get(&*hash)?;
+                Some(stored.record().clone())
             })
             .collect())
     }
@@ -264,6 +277,27 @@ mod tests {
                 "a wrapped store must keep answering without a future"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_used_key_links_its_counters_and_keeps_the_link_across_edits() {
+        let store = MemoryStore::new();
+        let manager = crate::KeyManager::new(store.clone());
+        let created = manager
+            .create(crate::NewKey::new("acct", "Main"))
+            .await
+            .unwrap();
+        let hash = created.key.hash();
+        let linked = |store: &MemoryStore| match store.find_stored_now(&hash) {
+            Some(Ok(Some(stored))) => stored.usage_link().is_set(),
+            _ => panic!("the key is stored"),
+        };
+        assert!(!linked(&store), "an unused key has no counters");
+        manager.verify_key(&created.key, Default::default()).await.unwrap();
+        assert!(linked(&store), "the first use links the counters");
+        let update = crate::KeyUpdate::new().name("Renamed");
+        manager.update(&created.record.id, update).await.unwrap();
+        assert!(linked(&store), "a new version keeps the link");
     }
 
     #[tokio::test]

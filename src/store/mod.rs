@@ -29,8 +29,10 @@ pub mod postgres;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+mod stored;
 
 pub use memory::MemoryStore;
+pub use stored::StoredKey;
 
 /// A store failed. Management calls report it as
 /// [`ManagerError::Store`](crate::ManagerError::Store); verification answers
@@ -253,6 +255,22 @@ pub trait KeyStore: Send + Sync + 'static {
         None
     }
 
+    /// The same lookup for a store that keeps its records in memory as
+    /// `Arc<`[`StoredKey`]`>`: the shared entry itself, answered without
+    /// waiting, or `None` to say "call
+    /// [`find_by_hash_now`](KeyStore::find_by_hash_now)". The default is `None`.
+    ///
+    /// Verification tries this first. Through the entry the manager finds
+    /// the key's usage counters without a second lookup. An answer here must
+    /// be exactly what `find_by_hash` would answer at that moment.
+    fn find_stored_now(
+        &self,
+        hash: &KeyHash,
+    ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
+        let _ = hash;
+        None
+    }
+
     /// The record with this id.
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
@@ -299,6 +317,12 @@ macro_rules! delegate_store {
                 hash: &KeyHash,
             ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
                 (**self).find_by_hash_now(hash)
+            }
+            fn find_stored_now(
+                &self,
+                hash: &KeyHash,
+            ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
+                (**self).find_stored_now(hash)
             }
             async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
                 (**self).get(id).await
