@@ -669,19 +669,27 @@ impl Tracker {
                 }
             }
             let minute = (now_ms / 60_000) as u32;
-            let Some((count, first)) = counters.count_minute(minute) else {
+            let Some((count, _)) = counters.count_minute(minute) else {
                 return;
             };
-            if first {
+            // No threshold is below the floor, so below it there is nothing
+            // to compare: most minutes of most keys never read the history
+            // (at a million keys, reading it costs a few cache misses).
+            if count < self.config.spike_floor {
+                return;
+            }
+            let (at, mut threshold) = unpack(counters.spike.load(Ordering::Relaxed));
+            if at != minute {
+                // The first to get here this minute, or one that does not see
+                // its store yet: the same past minutes give the same figure.
                 let average = self.trailing_average(counters, minute);
-                let threshold = (average * self.config.spike_multiple).ceil();
-                let threshold = (threshold as u32).max(self.config.spike_floor);
+                let computed = (average * self.config.spike_multiple).ceil();
+                threshold = (computed as u32).max(self.config.spike_floor);
                 counters
                     .spike
                     .store(pack(minute, threshold), Ordering::Relaxed);
             }
-            let (at, threshold) = unpack(counters.spike.load(Ordering::Relaxed));
-            if at == minute && count == threshold {
+            if count == threshold {
                 self.send(Event::Spike(Spike {
                     id,
                     minute: time_of(u64::from(minute) * 60_000),
