@@ -7,7 +7,8 @@
 //! Groups:
 //! - `key`: generation and parsing (valid, bad checksum, wrong length).
 //! - `lookup/{1k,100k,1m}`: `KeyManager::verify` on `MemoryStore` (usage
-//!   counting on, the default, and off), and the
+//!   counting on, the default, and off; at 1M also with every request its
+//!   key's first of a minute, `verify_first_in_minute`), and the
 //!   floor — SHA-256 of the 40-byte key plus one lookup in a
 //!   `HashMap<[u8; 32], _>` of the same size. Each iteration draws a random
 //!   key of the store, on both sides.
@@ -29,7 +30,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -37,6 +38,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use sha2::{Digest, Sha256};
+use tm_auth::clock::ManualClock;
 use tm_auth::{
     ApiKeyLayer, AuthError, Environment, KeyFormatError, KeyHash, KeyManager, MemoryStore, NewKey,
     Realm, TmKey, UsageConfig,
@@ -52,8 +54,15 @@ const BAD_CHECKSUM: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6";
 const WRONG_LENGTH: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3";
 
 /// A store of `n` keys, with their secrets.
+///
+/// The manager's clock stands still inside one minute: usage counting does
+/// more for a key's first request of a minute (it files the finished minute
+/// in the key's history), and with a moving clock whether a figure measured
+/// that or not would depend on when it ran. `lookup/verify_first_in_minute`
+/// measures that case on purpose.
 struct Fixture {
     runtime: tokio::runtime::Runtime,
+    clock: ManualClock,
     manager: KeyManager,
     secrets: Vec<String>,
     floor: HashMap<[u8; 32], u32>,
@@ -64,7 +73,9 @@ fn fixture(n: usize) -> Fixture {
         .enable_all()
         .build()
         .unwrap();
-    let manager = KeyManager::new(MemoryStore::new());
+    // 20 s into a minute.
+    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
+    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
     let secrets: Vec<String> = runtime.block_on(async {
         let mut secrets = Vec::with_capacity(n);
         for i in 0..n {
@@ -84,6 +95,7 @@ fn fixture(n: usize) -> Fixture {
         .collect();
     Fixture {
         runtime,
+        clock,
         manager,
         secrets,
         floor,
@@ -129,6 +141,26 @@ fn lookups(c: &mut Criterion) {
                 black_box(who)
             })
         });
+        if n == 1_000_000 {
+            // Each sample starts a new minute, so almost every request is its
+            // key's first of the minute: the finished minute is filed in the
+            // key's history (whose hour is allocated when first written).
+            let mut chain = Chain::new(&f.secrets);
+            let mut feedback = 0;
+            group.bench_function(BenchmarkId::new("verify_first_in_minute", label), |b| {
+                b.iter_custom(|iters| {
+                    f.clock.advance(Duration::from_secs(60));
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let secret = chain.next(feedback);
+                        let who = ready(f.manager.verify(secret, None)).ok();
+                        feedback = who.as_ref().map_or(0, |w| w.id().as_u128() as u64);
+                        black_box(who);
+                    }
+                    start.elapsed()
+                })
+            });
+        }
         // The same store, with usage counting off (it is on by default).
         let uncounted =
             KeyManager::new(Arc::clone(f.manager.store())).with_usage(UsageConfig::disabled());
@@ -389,12 +421,12 @@ fn anatomy(c: &mut Criterion) {
         })
     });
     // An index like MemoryStore's (64-bit prefix to record), not followed.
-    let index: dashmap::DashMap<u64, Arc<tm_auth::KeyRecord>> = hashes
+    let index: dashmap::DashMap<u64, Arc<tm_auth::store::StoredKey>> = hashes
         .iter()
-        .filter_map(|h| store.find_by_hash_now(h)?.ok()?)
+        .filter_map(|h| store.find_stored_now(h)?.ok()?)
         .map(|r| {
             (
-                u64::from_le_bytes(r.hash.as_bytes()[..8].try_into().unwrap_or([0; 8])),
+                u64::from_le_bytes(r.record().hash.as_bytes()[..8].try_into().unwrap_or([0; 8])),
                 r,
             )
         })
@@ -418,10 +450,12 @@ fn anatomy(c: &mut Criterion) {
     group.bench_function("store_lookup", |b| {
         b.iter(|| {
             let found = store
-                .find_by_hash_now(chain.step(feedback))
+                .find_stored_now(chain.step(feedback))
                 .and_then(Result::ok)
                 .flatten();
-            feedback = found.as_ref().map_or(0, |r| r.revoked_at.is_some() as u64);
+            feedback = found
+                .as_ref()
+                .map_or(0, |r| r.record().revoked_at.is_some() as u64);
             black_box(found)
         })
     });

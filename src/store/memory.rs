@@ -293,7 +293,10 @@ mod tests {
             _ => panic!("the key is stored"),
         };
         assert!(!linked(&store), "an unused key has no counters");
-        manager.verify_key(&created.key, Default::default()).await.unwrap();
+        manager
+            .verify_key(&created.key, Default::default())
+            .await
+            .unwrap();
         assert!(linked(&store), "the first use links the counters");
         let update = crate::KeyUpdate::new().name("Renamed");
         manager.update(&created.record.id, update).await.unwrap();
