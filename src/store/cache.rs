@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use super::{KeyStore, StoreError, StoreUpdate, StoredKey, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord, UniformHasher};
 
@@ -131,7 +131,9 @@ fn slot(hash: &KeyHash) -> u64 {
 }
 
 struct Positive {
-    record: Arc<KeyRecord>,
+    /// Kept as a `StoredKey`, so verifications through the cache find the
+    /// key's usage counters through it (`find_stored_now`).
+    stored: Arc<StoredKey>,
     filled_ms: u64,
 }
 
@@ -175,17 +177,17 @@ impl State {
     }
 
     /// The cached answer, if the cache may give one now.
-    fn lookup(&self, hash: &KeyHash) -> Option<Option<Arc<KeyRecord>>> {
+    fn lookup(&self, hash: &KeyHash) -> Option<Option<Arc<StoredKey>>> {
         let now = self.now_ms();
         if !self.trusted(now) {
             return None;
         }
         let slot = slot(hash);
         if let Some(found) = self.positive.pin().get(&slot) {
-            if found.record.hash == *hash
+            if found.stored.record().hash == *hash
                 && now.saturating_sub(found.filled_ms) < to_ms(self.config.max_age)
             {
-                return Some(Some(Arc::clone(&found.record)));
+                return Some(Some(Arc::clone(&found.stored)));
             }
         }
         match self.negative.pin().get(&slot) {
@@ -218,7 +220,7 @@ impl State {
                 positive.insert(
                     slot,
                     Positive {
-                        record: Arc::clone(record),
+                        stored: Arc::new(StoredKey::new(KeyRecord::clone(record))),
                         filled_ms: now,
                     },
                 );
@@ -464,7 +466,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         if let Some(answer) = self.state.lookup(hash) {
-            return Ok(answer);
+            return Ok(answer.map(|stored| Arc::new(stored.record().clone())));
         }
         let generation = self.state.generation.load(Ordering::SeqCst);
         // Errors are never cached: only an answer is.
@@ -478,8 +480,20 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         hash: &KeyHash,
     ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
         match self.state.lookup(hash) {
-            Some(answer) => Some(Ok(answer)),
+            Some(answer) => Some(Ok(answer.map(|stored| Arc::new(stored.record().clone())))),
             None => self.inner.find_by_hash_now(hash),
+        }
+    }
+
+    // What verification calls first: a warm entry is answered as the shared
+    // `StoredKey`, with no copy.
+    fn find_stored_now(
+        &self,
+        hash: &KeyHash,
+    ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
+        match self.state.lookup(hash) {
+            Some(answer) => Some(Ok(answer)),
+            None => self.inner.find_stored_now(hash),
         }
     }
 
@@ -622,6 +636,38 @@ mod tests {
 
     fn finds(remote: &Remote) -> usize {
         remote.finds.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_warm_entry_is_answered_shared_and_links_its_usage_counters() {
+        let (cached, remote) = cache(CacheConfig::new());
+        cached.invalidator().synced(Instant::now());
+        let manager = crate::KeyManager::new(cached.clone());
+        let created = manager
+            .create(crate::NewKey::new("acct", "Main"))
+            .await
+            .unwrap();
+        let hash = created.key.hash();
+        assert!(
+            cached.find_stored_now(&hash).is_none(),
+            "cold: the remote store cannot answer at once"
+        );
+        for _ in 0..3 {
+            manager
+                .verify_key(&created.key, Default::default())
+                .await
+                .unwrap();
+        }
+        assert_eq!(finds(&remote), 1, "one fill, then the cache answers");
+        match cached.find_stored_now(&hash) {
+            Some(Ok(Some(stored))) => {
+                assert_eq!(stored.record().id, created.record.id);
+                assert!(stored.usage_link().is_set());
+            }
+            other => panic!("a warm entry is answered at once, got {other:?}"),
+        }
+        let usage = manager.usage(&created.record.id).await.unwrap();
+        assert_eq!(usage.requests, 3);
     }
 
     #[tokio::test]
