@@ -301,6 +301,14 @@ mod tests {
         let update = crate::KeyUpdate::new().name("Renamed");
         manager.update(&created.record.id, update).await.unwrap();
         assert!(linked(&store), "a new version keeps the link");
+        // Another key's record never inherits it.
+        let Some(Ok(Some(stored))) = store.find_stored_now(&hash) else {
+            panic!("the key is stored");
+        };
+        let other = stored.replaced(record("acct"));
+        assert!(!other.usage_link().is_set());
+        let same = stored.replaced(stored.record().clone());
+        assert!(same.usage_link().is_set());
     }
 
     #[tokio::test]

@@ -69,12 +69,16 @@ impl StoredKey {
     }
 
     /// The next version of this key: `record`, keeping the link to the
-    /// key's usage counters.
+    /// key's usage counters. A record with another id is another key: it
+    /// gets no link, so one key's requests can never count (or use up a
+    /// rate limit) for another.
     pub fn replaced(&self, record: KeyRecord) -> StoredKey {
-        StoredKey {
-            usage: self.usage.copy(),
-            record,
-        }
+        let usage = if record.id == self.record.id {
+            self.usage.copy()
+        } else {
+            UsageLink::default()
+        };
+        StoredKey { usage, record }
     }
 
     pub(crate) fn usage_link(&self) -> &UsageLink {
