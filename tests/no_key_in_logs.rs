@@ -251,6 +251,14 @@ async fn cache_admin_and_client_types_show_no_key() {
         .verify(created.key.expose_secret(), None)
         .await
         .unwrap();
+    // The shared entry verification reads, used and linked by now.
+    use tm_auth::KeyStore as _;
+    let entry = cached.find_stored_now(&created.key.hash());
+    assert!(
+        matches!(entry, Some(Ok(Some(_)))),
+        "the cache holds the key"
+    );
+    shown.push(format!("{entry:?}"));
     store.set(Op::Update, Fault::Fail);
     shown.push(format!(
         "{:?}",
