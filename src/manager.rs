@@ -240,6 +240,10 @@ impl KeyManager {
 
     /// Monitors usage as `config` says (counting is on by default; see
     /// [`UsageConfig`]). Counts kept so far by this manager start afresh.
+    /// Configure usage before the manager verifies keys: a key used before
+    /// keeps its store entry linked to the old counters, and the new manager
+    /// then finds its own by a map lookup (correct, one lookup slower; see
+    /// [`StoredKey`]).
     /// With an observer, a thread named `tm-auth-usage-observer` delivers its
     /// events, so a slow observer never slows requests.
     pub fn with_usage(self, config: UsageConfig) -> KeyManager {

@@ -21,6 +21,12 @@ use crate::usage::UsageLink;
 /// changes a record (an update, a revocation), it keeps the new version as
 /// [`replaced`](StoredKey::replaced) so the link goes along.
 ///
+/// A link belongs to the manager that set it. Another manager over the same
+/// store (or one rebuilt by
+/// [`KeyManager::with_usage`](crate::KeyManager::with_usage) after keys
+/// were used) counts correctly through its own map instead, one lookup
+/// slower.
+///
 /// ```
 /// use std::time::SystemTime;
 /// use tm_auth::store::StoredKey;
