@@ -9,11 +9,12 @@
 //! shared `HashMap<[u8; 32], u32>`). Each thread walks its own random cycle
 //! through the keys, each lookup waiting on the last (see `benches/verify.rs`),
 //! for a fixed number of lookups; the total rate is lookups over wall time.
-//! Five rounds alternate floor and verify; the medians are printed with the
-//! ratios the target compares:
+//! Five rounds alternate the floor, verification with usage counting on
+//! (the default) and off; the medians are printed with the ratios the
+//! targets compare:
 //!
 //! ```text
-//! scaling verify 2t/1t = …   floor 2t/1t = …   verify/floor = …
+//! median verify: 1t …/s 2t …/s   scaling 2t/1t = …   vs floor's … = …
 //! ```
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tm_auth::clock::Clock;
-use tm_auth::{KeyManager, MemoryStore, NewKey};
+use tm_auth::{KeyManager, MemoryStore, NewKey, UsageConfig};
 
 const KEYS: usize = 1_000_000;
 const LOOKUPS_PER_THREAD: usize = 1_000_000;
@@ -58,7 +59,17 @@ fn cycle(n: usize, seed: u64) -> Vec<u32> {
 struct Shared {
     runtime_keys: Vec<[u8; 40]>,
     manager: KeyManager,
+    /// The same store, with usage counting off.
+    uncounted: KeyManager,
     floor: HashMap<[u8; 32], u32>,
+}
+
+/// What a thread does in a round.
+#[derive(Clone, Copy)]
+enum Walk {
+    Floor,
+    Verify,
+    VerifyUncounted,
 }
 
 fn walk_floor(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
@@ -75,7 +86,7 @@ fn walk_floor(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
     sum
 }
 
-fn walk_verify(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
+fn walk_verify(shared: &Shared, manager: &KeyManager, next: &[u32], lookups: usize) -> u64 {
     // Each thread has its own runtime, as a server's worker would.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,7 +98,7 @@ fn walk_verify(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
         let mut sum = 0u64;
         for _ in 0..lookups {
             let secret = std::str::from_utf8(&shared.runtime_keys[at]).unwrap_or("");
-            let found = match shared.manager.verify(secret, None).await {
+            let found = match manager.verify(secret, None).await {
                 Ok(who) => who.id().as_u128() as u64,
                 Err(_) => 0,
             };
@@ -99,17 +110,17 @@ fn walk_verify(shared: &Shared, next: &[u32], lookups: usize) -> u64 {
 }
 
 /// Lookups per second with `threads` threads running `walk`.
-fn rate(shared: &Arc<Shared>, cycles: &[Arc<Vec<u32>>], threads: usize, verify: bool) -> f64 {
+fn rate(shared: &Arc<Shared>, cycles: &[Arc<Vec<u32>>], threads: usize, walk: Walk) -> f64 {
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let shared = Arc::clone(shared);
             let next = Arc::clone(&cycles[t]);
-            std::thread::spawn(move || {
-                if verify {
-                    walk_verify(&shared, &next, LOOKUPS_PER_THREAD)
-                } else {
-                    walk_floor(&shared, &next, LOOKUPS_PER_THREAD)
+            std::thread::spawn(move || match walk {
+                Walk::Floor => walk_floor(&shared, &next, LOOKUPS_PER_THREAD),
+                Walk::Verify => walk_verify(&shared, &shared.manager, &next, LOOKUPS_PER_THREAD),
+                Walk::VerifyUncounted => {
+                    walk_verify(&shared, &shared.uncounted, &next, LOOKUPS_PER_THREAD)
                 }
             })
         })
@@ -155,32 +166,46 @@ fn main() {
         .enumerate()
         .map(|(i, k)| (Sha256::digest(k).into(), i as u32))
         .collect();
+    let uncounted =
+        KeyManager::new(Arc::clone(manager.store())).with_usage(UsageConfig::disabled());
     let shared = Arc::new(Shared {
         runtime_keys: keys,
         manager,
+        uncounted,
         floor,
     });
     let cycles: Vec<Arc<Vec<u32>>> = (0..2)
         .map(|t| Arc::new(cycle(KEYS, 0x51_7CC1_B727_220A + t)))
         .collect();
 
-    let (mut f1, mut f2, mut v1, mut v2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let walks = [
+        ("floor", Walk::Floor),
+        ("verify", Walk::Verify),
+        ("verify_counting_off", Walk::VerifyUncounted),
+    ];
+    // rates[walk][threads - 1][round]
+    let mut rates = vec![[Vec::new(), Vec::new()]; walks.len()];
     for round in 0..ROUNDS {
-        f1.push(rate(&shared, &cycles, 1, false));
-        v1.push(rate(&shared, &cycles, 1, true));
-        f2.push(rate(&shared, &cycles, 2, false));
-        v2.push(rate(&shared, &cycles, 2, true));
+        let mut line = format!("round {round}:");
+        for threads in [1, 2] {
+            for (w, (name, walk)) in walks.iter().enumerate() {
+                let r = rate(&shared, &cycles, threads, *walk);
+                rates[w][threads - 1].push(r);
+                line.push_str(&format!("  {name} {threads}t {r:.0}/s"));
+            }
+        }
+        println!("{line}");
+    }
+    let medians: Vec<(f64, f64)> = rates
+        .into_iter()
+        .map(|[one, two]| (median(one), median(two)))
+        .collect();
+    let floor_scaling = medians[0].1 / medians[0].0;
+    for ((name, _), (one, two)) in walks.iter().zip(&medians) {
         println!(
-            "round {round}: floor 1t {:.0}/s 2t {:.0}/s   verify 1t {:.0}/s 2t {:.0}/s",
-            f1[round], f2[round], v1[round], v2[round]
+            "median {name}: 1t {one:.0}/s 2t {two:.0}/s   scaling 2t/1t = {:.3}   vs floor's {floor_scaling:.3} = {:.3}",
+            two / one,
+            (two / one) / floor_scaling
         );
     }
-    let (f1, f2, v1, v2) = (median(f1), median(f2), median(v1), median(v2));
-    println!("median: floor 1t {f1:.0}/s 2t {f2:.0}/s   verify 1t {v1:.0}/s 2t {v2:.0}/s");
-    println!(
-        "scaling verify 2t/1t = {:.3}   floor 2t/1t = {:.3}   verify/floor = {:.3}",
-        v2 / v1,
-        f2 / f1,
-        (v2 / v1) / (f2 / f1)
-    );
 }
