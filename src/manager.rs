@@ -498,7 +498,8 @@ impl KeyManager {
     }
 
     /// [`verify_key`](KeyManager::verify_key) without waiting, when the store
-    /// can answer at once ([`KeyStore::find_by_hash_now`]); `None` otherwise.
+    /// can answer at once ([`KeyStore::find_stored_now`] or
+    /// [`KeyStore::find_by_hash_now`]); `None` otherwise.
     pub fn verify_key_now(
         &self,
         key: &TmKey,
