@@ -351,8 +351,9 @@ impl Minutes {
     }
 }
 
-/// One used key's counters. The fields every request touches come first,
-/// on one cache line; the history ring is written once a minute.
+/// One used key's counters. The fields every successful request touches
+/// come first (the first 64 bytes, then the last client address); the
+/// history ring is written once a minute.
 #[repr(C)]
 struct Counters {
     /// The [`Tracker`] these belong to (its `tag`), so a link a store keeps
@@ -573,7 +574,7 @@ impl Tracker {
         &self.config
     }
 
-    /// Runs `f` on `id`'s counters, creating them on the key's first use:
+    /// Runs `f` on the key's counters, creating them on its first use:
     /// through `link` when the store keeps one and it is this tracker's,
     /// otherwise from the map (and then the link is set, if still empty).
     /// The map is read under its guard: no reference count is touched.
@@ -616,7 +617,7 @@ impl Tracker {
         }
     }
 
-    /// Takes a request of `id` into its rate-limit window.
+    /// Takes a request of the key into its rate-limit window.
     pub(crate) fn take(
         &self,
         record: &KeyRecord,
