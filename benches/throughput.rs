@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use tm_auth::clock::Clock;
 use tm_auth::{KeyManager, MemoryStore, NewKey, UsageConfig};
 
+mod common;
+
 const KEYS: usize = 1_000_000;
 const LOOKUPS_PER_THREAD: usize = 1_000_000;
 const ROUNDS: usize = 5;
@@ -98,10 +100,7 @@ fn walk_verify(shared: &Shared, manager: &KeyManager, next: &[u32], lookups: usi
         let mut sum = 0u64;
         for _ in 0..lookups {
             let secret = std::str::from_utf8(&shared.runtime_keys[at]).unwrap_or("");
-            let found = match manager.verify(secret, None).await {
-                Ok(who) => who.id().as_u128() as u64,
-                Err(_) => 0,
-            };
+            let found = common::verdict(&manager.verify(secret, None).await);
             sum = sum.wrapping_add(found);
             at = next[at ^ (found & zero) as usize] as usize;
         }

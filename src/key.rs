@@ -168,6 +168,55 @@ fn checksum_chars(checksummed: &[u8]) -> [u8; CHECKSUM_LEN] {
     out
 }
 
+/// Checks `secret` as a key — prefix, length, characters, checksum, in that
+/// order — and returns its bytes.
+fn check_format(secret: &str) -> Result<&[u8; KEY_LEN], KeyFormatError> {
+    let input = secret.as_bytes();
+    Environment::from_prefix(input).ok_or(KeyFormatError::UnknownPrefix)?;
+    let bytes: &[u8; KEY_LEN] = input.try_into().map_err(|_| KeyFormatError::Length {
+        expected: KEY_LEN,
+        actual: input.len(),
+    })?;
+    let body = &bytes[PREFIX_LEN..];
+    // Every byte at once first, with no branch per byte: nearly every key
+    // checked is well formed. Then, if not, where.
+    if body.iter().fold(false, |bad, &b| bad | !is_base62(b)) {
+        let offset = body.iter().position(|&b| !is_base62(b)).unwrap_or(0);
+        return Err(KeyFormatError::InvalidCharacter {
+            position: PREFIX_LEN + offset,
+        });
+    }
+    let sent = checksum_value(&bytes[CHECKSUMMED_LEN..]).ok_or(KeyFormatError::Checksum)?;
+    let expected = crc32fast::hash(&bytes[..CHECKSUMMED_LEN]);
+    if !bool::from(sent.ct_eq(&expected)) {
+        return Err(KeyFormatError::Checksum);
+    }
+    Ok(bytes)
+}
+
+/// `[0-9A-Za-z]`, without a branch.
+fn is_base62(b: u8) -> bool {
+    // `| 0x20` folds A-Z onto a-z; nothing else lands in a-z.
+    (b.wrapping_sub(b'0') < 10) | ((b | 0x20).wrapping_sub(b'a') < 26)
+}
+
+/// The checksum field as a number: base62 digits in the standard alphabet
+/// (`0-9A-Za-z`, what `base62::encode` writes), or `None` if it is not one
+/// or does not fit in 32 bits.
+fn checksum_value(digits: &[u8]) -> Option<u32> {
+    let mut value = 0u64;
+    for &c in digits {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'A'..=b'Z' => c - b'A' + 10,
+            b'a'..=b'z' => c - b'a' + 36,
+            _ => return None,
+        };
+        value = value * 62 + u64::from(digit);
+    }
+    u32::try_from(value).ok()
+}
+
 /// An API key: the secret a key holder sends as `Authorization: Bearer …`.
 ///
 /// A `TmKey` is shown once, when it is created; stores keep only its
@@ -230,29 +279,16 @@ impl TmKey {
     /// Parses a key, checking prefix, length, characters and checksum in that
     /// order. Allocates nothing; the error never contains the input.
     pub fn parse(secret: &str) -> Result<TmKey, KeyFormatError> {
-        let input = secret.as_bytes();
-        Environment::from_prefix(input).ok_or(KeyFormatError::UnknownPrefix)?;
-        let bytes: &[u8; KEY_LEN] = input.try_into().map_err(|_| KeyFormatError::Length {
-            expected: KEY_LEN,
-            actual: input.len(),
-        })?;
-        if let Some(offset) = bytes[PREFIX_LEN..]
-            .iter()
-            .position(|b| !b.is_ascii_alphanumeric())
-        {
-            return Err(KeyFormatError::InvalidCharacter {
-                position: PREFIX_LEN + offset,
-            });
-        }
-        // Decode rather than re-encode: a field that is not a u32 in base62 is
-        // a checksum error too, and decoding needs no buffer.
-        let sent =
-            base62::decode(&bytes[CHECKSUMMED_LEN..]).map_err(|_| KeyFormatError::Checksum)?;
-        let expected = u128::from(crc32fast::hash(&bytes[..CHECKSUMMED_LEN]));
-        if !bool::from(sent.ct_eq(&expected)) {
-            return Err(KeyFormatError::Checksum);
-        }
-        Ok(TmKey { bytes: *bytes })
+        Ok(TmKey {
+            bytes: *check_format(secret)?,
+        })
+    }
+
+    /// The hash of `secret` if it is a well-formed key, as
+    /// `TmKey::parse(secret)?.hash()` would give, without copying the
+    /// secret into a `TmKey` first: verification needs nothing else of it.
+    pub(crate) fn hash_of(secret: &str) -> Result<KeyHash, KeyFormatError> {
+        Ok(KeyHash(Sha256::digest(check_format(secret)?).into()))
     }
 
     /// The whole key, for the one moment it is shown or sent.
@@ -384,6 +420,35 @@ impl KeyHash {
         &self.0
     }
 
+    /// The hash as four native-endian words, for a store that keeps it in
+    /// atomics.
+    pub(crate) fn words(&self) -> [u64; 4] {
+        std::array::from_fn(|i| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&self.0[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(word)
+        })
+    }
+
+    /// The hash [`words`](KeyHash::words) gave.
+    pub(crate) fn from_words(words: [u64; 4]) -> KeyHash {
+        let mut bytes = [0u8; 32];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        KeyHash(bytes)
+    }
+
+    /// Whether these are this hash's words, in constant time like `==`.
+    pub(crate) fn has_words(&self, words: [u64; 4]) -> bool {
+        let diff = self
+            .words()
+            .iter()
+            .zip(words)
+            .fold(0u64, |diff, (a, b)| diff | (a ^ b));
+        diff.ct_eq(&0).into()
+    }
+
     /// Lower-case hex, 64 characters.
     pub fn to_hex(&self) -> String {
         use fmt::Write;
@@ -443,6 +508,16 @@ impl KeyHint {
     /// The environment the hinted key belongs to.
     pub fn environment(&self) -> Environment {
         self.environment
+    }
+
+    /// The hint of a key of `environment` ending in `last`.
+    pub(crate) fn from_parts(environment: Environment, last: [u8; 4]) -> KeyHint {
+        KeyHint { environment, last }
+    }
+
+    /// The last four characters, as bytes.
+    pub(crate) fn last_bytes(&self) -> [u8; 4] {
+        self.last
     }
 
     fn last_str(&self) -> &str {
@@ -754,6 +829,27 @@ mod tests {
         #[test]
         fn parse_never_panics(input in ".{0,64}") {
             let _ = TmKey::parse(&input);
+        }
+
+        #[test]
+        fn the_character_test_is_the_ascii_alphanumeric_test(b in any::<u8>()) {
+            prop_assert_eq!(is_base62(b), b.is_ascii_alphanumeric());
+        }
+
+        #[test]
+        fn the_checksum_field_decodes_as_the_base62_crate_does(digits in "[0-9A-Za-z]{1,6}") {
+            let ours = checksum_value(digits.as_bytes());
+            let theirs = base62::decode(&digits).ok().and_then(|v| u32::try_from(v).ok());
+            prop_assert_eq!(ours, theirs);
+        }
+
+        #[test]
+        fn hashing_without_a_copy_agrees_with_parsing(input in "tm_(live|test)_[0-9A-Za-z]{32}|.{0,48}") {
+            match (TmKey::parse(&input), TmKey::hash_of(&input)) {
+                (Ok(key), Ok(hash)) => prop_assert_eq!(key.hash(), hash),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                _ => prop_assert!(false, "parse and hash_of disagree"),
+            }
         }
 
         #[test]

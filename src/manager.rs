@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
@@ -12,12 +12,13 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthError, ManagerError};
 use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::record::{
-    ip_allowed, validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
+    validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, RateLimit,
     MAX_ALLOWED_IPS,
 };
-use crate::store::{KeyStore, StoreError, StoreUpdate, StoredKey};
+use crate::store::stored::Entry;
+use crate::store::{KeyStore, StoreError, StoreUpdate, StoredKeyRef};
 use crate::usage::{
-    Dispatcher, KeyUsage, NoRuntime, RateLimitStatus, Rejection, Tracker, UsageConfig, UsageLink,
+    Dispatcher, KeyUsage, NoRuntime, RateLimitStatus, Rejection, Subject, Tracker, UsageConfig,
     UsageSample, UsageTask,
 };
 
@@ -126,61 +127,111 @@ impl VerifyOptions {
 #[derive(Clone)]
 pub struct AuthenticatedKey {
     record: Found,
+    /// The name, copied from an in-memory entry when first asked for.
+    name: OnceLock<Arc<str>>,
     rate_limit: Option<RateLimitStatus>,
 }
 
-/// A record as the store shared it: on its own, or as a [`StoredKey`] that
-/// links to the key's usage counters.
+/// A key as the store answered: its record, or the entry an in-memory store
+/// keeps (read in place, usage counted in it).
 #[derive(Clone)]
 enum Found {
     Record(Arc<KeyRecord>),
-    Stored(Arc<StoredKey>),
+    Stored(StoredKeyRef),
 }
 
-impl Found {
-    fn usage_link(&self) -> Option<&UsageLink> {
-        match self {
-            Found::Record(_) => None,
-            Found::Stored(stored) => Some(stored.usage_link()),
-        }
+/// What judging a key reads, from a record or from an in-memory entry.
+trait Verdict {
+    fn revoked(&self) -> bool;
+    fn expires(&self) -> bool;
+    fn expired(&self, now: SystemTime) -> bool;
+    fn rate_limit(&self) -> Option<RateLimit>;
+    fn environment(&self) -> Environment;
+    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool;
+}
+
+impl Verdict for KeyRecord {
+    fn revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+    fn expires(&self) -> bool {
+        self.expires_at.is_some()
+    }
+    fn expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+    fn environment(&self) -> Environment {
+        self.environment
+    }
+    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
+        KeyRecord::allows_ip(self, client_ip)
     }
 }
 
-impl std::ops::Deref for Found {
-    type Target = KeyRecord;
-
-    fn deref(&self) -> &KeyRecord {
-        match self {
-            Found::Record(record) => record,
-            Found::Stored(stored) => stored.record(),
-        }
+impl Verdict for Entry<'_> {
+    fn revoked(&self) -> bool {
+        self.is_revoked()
+    }
+    fn expires(&self) -> bool {
+        Entry::expires(*self)
+    }
+    fn expired(&self, now: SystemTime) -> bool {
+        Entry::expired(*self, now)
+    }
+    fn rate_limit(&self) -> Option<RateLimit> {
+        Entry::rate_limit(*self)
+    }
+    fn environment(&self) -> Environment {
+        Entry::environment(*self)
+    }
+    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
+        Entry::allows_ip(*self, client_ip)
     }
 }
 
 impl AuthenticatedKey {
     /// The key's id.
     pub fn id(&self) -> KeyId {
-        self.record.id
+        match &self.record {
+            Found::Record(record) => record.id,
+            Found::Stored(entry) => entry.entry().id(),
+        }
     }
 
     /// The account that owns the key.
     pub fn owner(&self) -> &str {
-        &self.record.owner
+        match &self.record {
+            Found::Record(record) => &record.owner,
+            Found::Stored(entry) => entry.entry().owner(),
+        }
     }
 
-    /// The key's name.
+    /// The key's name (for a key an in-memory store keeps, as it is when
+    /// first asked for).
     pub fn name(&self) -> &str {
-        &self.record.name
+        match &self.record {
+            Found::Record(record) => &record.name,
+            Found::Stored(entry) => self.name.get_or_init(|| entry.entry().shared_name()),
+        }
     }
 
     /// Live or test: a handler may act differently on test keys.
     pub fn environment(&self) -> Environment {
-        self.record.environment
+        match &self.record {
+            Found::Record(record) => record.environment,
+            Found::Stored(entry) => entry.entry().environment(),
+        }
     }
 
     /// `tm_live_...abcd`, for logs a person reads.
     pub fn hint(&self) -> KeyHint {
-        self.record.hint
+        match &self.record {
+            Found::Record(record) => record.hint,
+            Found::Stored(entry) => entry.entry().hint(),
+        }
     }
 
     /// Where the key stands in its rate-limit window, if it has a limit.
@@ -192,10 +243,10 @@ impl AuthenticatedKey {
 impl fmt::Debug for AuthenticatedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthenticatedKey")
-            .field("id", &self.record.id)
-            .field("owner", &self.record.owner)
-            .field("name", &self.record.name)
-            .field("environment", &self.record.environment)
+            .field("id", &self.id())
+            .field("owner", &self.owner())
+            .field("name", &self.name())
+            .field("environment", &self.environment())
             .finish()
     }
 }
@@ -240,10 +291,11 @@ impl KeyManager {
 
     /// Monitors usage as `config` says (counting is on by default; see
     /// [`UsageConfig`]). Counts kept so far by this manager start afresh.
-    /// Configure usage before the manager verifies keys: a key used before
-    /// keeps its store entry linked to the old counters, and the new manager
-    /// then finds its own by a map lookup (correct, one lookup slower; see
-    /// [`StoredKey`]).
+    /// Configure usage before the manager verifies keys: while the old
+    /// manager is alive, the in-memory entries of keys it counted keep
+    /// counting for it, and the new manager counts those keys in a map of
+    /// its own (correct, one lookup slower; see
+    /// [`StoredKey`](crate::store::StoredKey)).
     /// With an observer, a thread named `tm-auth-usage-observer` delivers its
     /// events, so a slow observer never slows requests.
     pub fn with_usage(self, config: UsageConfig) -> KeyManager {
@@ -319,8 +371,9 @@ impl KeyManager {
         if let Some(limit) = &new.rate_limit {
             limit.check().map_err(ManagerError::InvalidRateLimit)?;
         }
-        // A store may refuse a fresh key as a duplicate (`MemoryStore` indexes
-        // 64-bit prefixes); another draw is then as good as the first.
+        // A store may refuse a fresh key as a duplicate (ids are random, and
+        // a store of your own may index part of them); another draw is then
+        // as good as the first.
         let mut attempts = 0;
         let (key, record) = loop {
             let key = TmKey::try_generate(new.environment)?;
@@ -483,8 +536,8 @@ impl KeyManager {
         secret: &str,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
-        let key = TmKey::parse(secret)?;
-        self.verify_key(&key, options).await
+        let hash = TmKey::hash_of(secret)?;
+        self.verify_hash(&hash, options).await
     }
 
     /// Verifies an already parsed key. Checks run in this order and the first
@@ -513,18 +566,21 @@ impl KeyManager {
         hash: &KeyHash,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
-        if let Some(found) = self.find_now(hash) {
-            return self.judge(hash, found.map_err(AuthError::StoreUnavailable)?, options);
+        if let Some(verdict) = self.verify_hash_now(hash, options) {
+            return verdict;
         }
-        let found = self
-            .bounded(options.timeout, self.inner.store.find_by_hash(hash))
-            .await;
-        let found = found.map_err(AuthError::StoreUnavailable)?;
+        // Boxed: the store's future, and the timer racing it, are large, and
+        // a future that carried them inline would cost every verification
+        // that never needs them a copy.
+        let found = Box::pin(self.bounded(options.timeout, self.inner.store.find_by_hash(hash)))
+            .await
+            .map_err(AuthError::StoreUnavailable)?;
         self.judge(hash, found.map(Found::Record), options)
     }
 
-    /// The store's answer if it has one without waiting: its shared entry
-    /// (with the usage link) where it keeps them, else its record.
+    /// The store's answer if it has one without waiting: its in-memory
+    /// entry where it keeps them (read in place, usage counted in it), else
+    /// its record.
     fn find_now(&self, hash: &KeyHash) -> Option<Result<Option<Found>, StoreError>> {
         let store = &self.inner.store;
         if let Some(found) = store.find_stored_now(hash) {
@@ -548,7 +604,7 @@ impl KeyManager {
     }
 
     /// Everything after the lookup, in order: revoked, expired, environment,
-    /// client IP.
+    /// client IP, rate limit.
     fn judge(
         &self,
         hash: &KeyHash,
@@ -557,45 +613,73 @@ impl KeyManager {
     ) -> Result<AuthenticatedKey, AuthError> {
         // A store that answers with another key's record is treated as not
         // having found one.
-        let record = found
-            .filter(|record| record.hash == *hash)
-            .ok_or(AuthError::UnknownKey)?;
-        let (link, usage) = (record.usage_link(), &*self.inner.usage);
+        let rate_limit = match &found {
+            Some(Found::Record(record)) if record.hash == *hash => {
+                self.check(&**record, Subject::Record(record), options)?
+            }
+            Some(Found::Stored(handle)) => {
+                // Found once: every check below reads the entry directly.
+                let entry = handle.entry();
+                if !entry.hot().hash_is(hash) {
+                    return Err(AuthError::UnknownKey);
+                }
+                self.check(&entry, Subject::Entry { handle, entry }, options)?
+            }
+            _ => return Err(AuthError::UnknownKey),
+        };
+        match found {
+            Some(record) => Ok(AuthenticatedKey {
+                record,
+                name: OnceLock::new(),
+                rate_limit,
+            }),
+            None => Err(AuthError::UnknownKey),
+        }
+    }
+
+    /// The checks after the lookup; on success, where the key stands in its
+    /// rate-limit window.
+    fn check(
+        &self,
+        key: &impl Verdict,
+        subject: Subject<'_>,
+        options: VerifyOptions,
+    ) -> Result<Option<RateLimitStatus>, AuthError> {
+        let usage = &*self.inner.usage;
         let refuse = |reason: Rejection, err: AuthError| {
-            usage.rejected(&record, link, reason);
+            usage.rejected(subject, reason);
             Err(err)
         };
-        if record.revoked_at.is_some() {
+        if key.revoked() {
             return refuse(Rejection::Revoked, AuthError::Revoked);
         }
+        let limit = key.rate_limit();
+        let expires = key.expires();
         // The clock is read only when something needs it.
-        let needs_clock =
-            record.expires_at.is_some() || record.rate_limit.is_some() || usage.config().enabled;
+        let needs_clock = expires || limit.is_some() || usage.config().enabled;
         let now = if needs_clock {
             self.now()
         } else {
             SystemTime::UNIX_EPOCH
         };
-        if record.expires_at.is_some_and(|at| now >= at) {
+        if expires && key.expired(now) {
             return refuse(Rejection::Expired, AuthError::Expired);
         }
         if let Some(required) = options.environment {
-            if record.environment != required {
-                let err = AuthError::WrongEnvironment {
-                    required,
-                    actual: record.environment,
-                };
+            let actual = key.environment();
+            if actual != required {
+                let err = AuthError::WrongEnvironment { required, actual };
                 return refuse(Rejection::WrongEnvironment, err);
             }
         }
-        if !ip_allowed(&record.allowed_ips, options.client_ip) {
+        if !key.allows_ip(options.client_ip) {
             let err = AuthError::IpNotAllowed {
                 client_ip: options.client_ip,
             };
             return refuse(Rejection::IpNotAllowed, err);
         }
-        let rate_limit = match record.rate_limit {
-            Some(limit) => match usage.take(&record, link, limit, now) {
+        let rate_limit = match limit {
+            Some(limit) => match usage.take(subject, limit, now) {
                 Ok(status) => Some(status),
                 Err(retry_after) => {
                     return Err(AuthError::RateLimited {
@@ -606,8 +690,8 @@ impl KeyManager {
             },
             None => None,
         };
-        usage.succeeded(&record, link, now, options.client_ip);
-        Ok(AuthenticatedKey { record, rate_limit })
+        usage.succeeded(subject, now, options.client_ip);
+        Ok(rate_limit)
     }
 
     /// A key's usage: the store's totals plus what this process has counted

@@ -328,6 +328,20 @@ impl RateLimit {
         u64::from(self.window_ms.get())
     }
 
+    /// The limit in one word, for a store that keeps it in an atomic: never
+    /// zero (the window is at least 1 ms), so zero can mean "no limit".
+    pub(crate) fn to_word(self) -> u64 {
+        (u64::from(self.requests) << 32) | u64::from(self.window_ms.get())
+    }
+
+    /// The limit [`to_word`](RateLimit::to_word) gave, or `None` for zero.
+    pub(crate) fn from_word(word: u64) -> Option<RateLimit> {
+        Some(RateLimit {
+            requests: (word >> 32) as u32,
+            window_ms: NonZeroU32::new(word as u32)?,
+        })
+    }
+
     /// Why this limit cannot be used, if it cannot.
     pub(crate) fn check(&self) -> Result<(), &'static str> {
         if self.requests == 0 {

@@ -586,3 +586,30 @@ async fn managers_sharing_a_store_each_count_their_own_requests() {
     assert_eq!(first.usage(&id).await.unwrap().requests, 8);
     assert_eq!(second.usage(&id).await.unwrap().requests, 8);
 }
+
+#[tokio::test]
+async fn a_manager_that_goes_away_hands_its_keys_counters_to_the_next() {
+    let store = MemoryStore::new();
+    let first = KeyManager::new(store.clone());
+    let created = first.create(NewKey::new("acct", "Main")).await.unwrap();
+    let (id, key) = (created.record.id, created.key);
+    for _ in 0..3 {
+        first.verify(key.expose_secret(), None).await.unwrap();
+    }
+    first.flush_usage().await.unwrap();
+    drop(first);
+    // The next manager (say, one rebuilt with `with_usage`) counts in the
+    // key's entry again, from zero: nothing of the first is counted twice.
+    let next = KeyManager::new(store.clone()).with_usage(UsageConfig::new());
+    for _ in 0..2 {
+        next.verify(key.expose_secret(), None).await.unwrap();
+    }
+    assert_eq!(
+        next.usage(&id).await.unwrap().requests,
+        5,
+        "3 stored + 2 pending"
+    );
+    assert_eq!(next.usage_snapshot()[0].requests, 2, "this process's own");
+    next.flush_usage().await.unwrap();
+    assert_eq!(next.usage(&id).await.unwrap().requests, 5);
+}

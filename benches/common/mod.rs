@@ -84,6 +84,18 @@ impl Chain<[u8; 40]> {
     }
 }
 
+/// What the next draw waits on after a verification: a bit of its verdict
+/// (the key's environment, read from the entry the verification itself
+/// read). The floor waits on the value it found the same way. Not the id,
+/// owner or name: those are for handlers, and reading them may cost a
+/// memory access of its own that neither side should be charged here.
+pub fn verdict<E>(who: &Result<tm_auth::AuthenticatedKey, E>) -> u64 {
+    match who {
+        Ok(who) => 1 + who.environment() as u64,
+        Err(_) => 0,
+    }
+}
+
 /// Polls a future that the in-memory store completes at once. Called inside
 /// the benchmark's runtime context, so timers behave as in a server.
 pub fn ready<F: std::future::Future>(future: F) -> F::Output {

@@ -215,10 +215,18 @@ impl<S> ApiKeyService<S> {
         )
     }
 
-    fn reject<F, B, E>(&self, err: AuthError) -> ResponseFuture<F, B, E> {
+    /// Answers `request` with `err`'s response, built in the request's own
+    /// header map (cleared), which a rejection then needs no new one for.
+    fn reject<F, B, E, ReqBody>(
+        &self,
+        err: AuthError,
+        mut request: Request<ReqBody>,
+    ) -> ResponseFuture<F, B, E> {
+        let headers = std::mem::take(request.headers_mut());
+        drop(request);
         ResponseFuture {
             state: State::Rejected {
-                response: Some(rejected(&err, &self.config.realm)),
+                response: Some(rejected(&err, &self.config.realm, headers)),
             },
         }
     }
@@ -243,11 +251,11 @@ where
         // Header and format errors are answered here, before any store call
         // or allocation for the verification.
         let hash = match bearer_token(request.headers(), request.uri()) {
-            Ok(token) => match TmKey::parse(token) {
-                Ok(key) => key.hash(),
-                Err(err) => return self.reject(err.into()),
+            Ok(token) => match TmKey::hash_of(token) {
+                Ok(hash) => hash,
+                Err(err) => return self.reject(err.into(), request),
             },
-            Err(err) => return self.reject(err),
+            Err(err) => return self.reject(err, request),
         };
         let mut options = VerifyOptions::new().client_ip(self.client_ip(&request));
         if let Some(environment) = self.config.environment {
@@ -271,7 +279,7 @@ where
                         },
                     }
                 }
-                Err(err) => self.reject(err),
+                Err(err) => self.reject(err, request),
             };
         }
         // The inner service was made ready by `poll_ready`; keep that one and
@@ -290,7 +298,10 @@ where
                             let response = inner.call(request).await?;
                             Ok(with_rate_limit(response, rate_limit).map(Either::Left))
                         }
-                        Err(err) => Ok(rejected(&err, &config.realm).map(Either::Right)),
+                        Err(err) => {
+                            let headers = std::mem::take(request.headers_mut());
+                            Ok(rejected(&err, &config.realm, headers).map(Either::Right))
+                        }
                     }
                 }),
             },
@@ -299,15 +310,20 @@ where
 }
 
 /// Logs a rejection (its code and reason, never the key) and builds its response.
-fn rejected(err: &AuthError, realm: &Realm) -> Response<Full<Bytes>> {
+fn rejected(err: &AuthError, realm: &Realm, headers: http::HeaderMap) -> Response<Full<Bytes>> {
     tracing::debug!(code = err.code(), reason = %err, "API key rejected");
-    err.to_response_in(realm)
+    err.response_with(realm, headers)
 }
 
 /// Records the key id on the current span (if it declares `key_id`) and logs
 /// the acceptance; never the key.
 fn accepted(who: &crate::AuthenticatedKey) {
-    tracing::Span::current().record("key_id", tracing::field::display(who.id()));
+    // Only when something listens: reading the id is a memory access of
+    // its own for a key an in-memory store keeps (see `StoredKey`).
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("key_id", tracing::field::display(who.id()));
+    }
     tracing::debug!(key_id = %who.id(), owner = %who.owner(), "API key accepted");
 }
 

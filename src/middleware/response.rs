@@ -88,7 +88,10 @@ impl Realm {
                         ", error=\"{code}\", error_description=\"{description}\""
                     );
                 }
-                HeaderValue::from_str(&value).map_err(|_| InvalidRealm)
+                // Checked first; then shared, so a rejection clones a static
+                // value (no reference count to touch).
+                HeaderValue::from_str(&value).map_err(|_| InvalidRealm)?;
+                Ok(HeaderValue::from_static(intern(value)))
             })
             .collect::<Result<_, _>>()?;
         Ok(Realm {
@@ -167,8 +170,27 @@ fn push_json_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// The JSON body, built once per thread for each error whose hint is static
-/// (every header and format error, so a flood of bad keys formats nothing).
+/// Text built once and kept for the life of the process: challenges and
+/// error bodies, so a rejection's response shares static bytes instead of
+/// counting references to heap ones. What is kept is bounded by what the
+/// program configures and this crate's own messages: the challenges of
+/// each distinct realm, and one body per error with a fixed hint.
+fn intern(text: String) -> &'static str {
+    static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut interned = INTERNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(found) = interned.iter().find(|s| **s == text) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(text.into_boxed_str());
+    interned.push(leaked);
+    leaked
+}
+
+/// The JSON body, built once per process for each error whose hint is
+/// static (every header and format error, so a flood of bad keys formats
+/// nothing), and found per thread without a lock.
 fn body(err: &AuthError) -> Bytes {
     let Cow::Borrowed(hint) = err.hint() else {
         return Bytes::from(json_body(err));
@@ -177,17 +199,18 @@ fn body(err: &AuthError) -> Bytes {
     // share an address, so the code is part of the key.
     let key = (err.code().as_ptr() as usize, hint.as_ptr() as usize);
     thread_local! {
-        static BODIES: RefCell<Vec<((usize, usize), Bytes)>> = const { RefCell::new(Vec::new()) };
+        static BODIES: RefCell<Vec<((usize, usize), &'static str)>> = const { RefCell::new(Vec::new()) };
     }
-    BODIES.with(|bodies| {
+    let text = BODIES.with(|bodies| {
         let mut bodies = bodies.borrow_mut();
         if let Some((_, body)) = bodies.iter().find(|(k, _)| *k == key) {
-            return body.clone();
+            return *body;
         }
-        let body = Bytes::from(json_body(err));
-        bodies.push((key, body.clone()));
+        let body = intern(json_body(err));
+        bodies.push((key, body));
         body
-    })
+    });
+    Bytes::from_static(text.as_bytes())
 }
 
 /// `{"error": …, "code": …, "hint": …}`.
@@ -231,7 +254,18 @@ impl AuthError {
 
     /// [`to_response`](AuthError::to_response) with the given realm.
     pub fn to_response_in(&self, realm: &Realm) -> Response<Full<Bytes>> {
-        let mut headers = HeaderMap::with_capacity(6);
+        self.response_with(realm, HeaderMap::with_capacity(6))
+    }
+
+    /// The response, its headers written into `headers` (emptied first):
+    /// the layer passes the rejected request's own map, whose memory is
+    /// then reused rather than freed and allocated again.
+    pub(crate) fn response_with(
+        &self,
+        realm: &Realm,
+        mut headers: HeaderMap,
+    ) -> Response<Full<Bytes>> {
+        headers.clear();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status() == http::StatusCode::UNAUTHORIZED {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{KeyStore, StoreError, StoreUpdate, StoredKey, UsageDelta, UsageTotals};
+use super::{KeyStore, StoreError, StoreUpdate, StoredKey, StoredKeyRef, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord, UniformHasher};
 
@@ -131,10 +131,14 @@ fn slot(hash: &KeyHash) -> u64 {
 }
 
 struct Positive {
-    /// Kept as a `StoredKey`, so verifications through the cache find the
-    /// key's usage counters through it (`find_stored_now`).
+    /// Kept as a `StoredKey`, so verifications through the cache read it in
+    /// place and count usage in it (`find_stored_now`).
     stored: Arc<StoredKey>,
-    filled_ms: u64,
+    filled_ms: AtomicU64,
+    /// Announced as changed: not answered until read again. The entry is
+    /// kept (and refreshed in place by the next fill) so the key's usage
+    /// counters stay in one entry.
+    stale: AtomicBool,
 }
 
 struct Negative {
@@ -184,8 +188,10 @@ impl State {
         }
         let slot = slot(hash);
         if let Some(found) = self.positive.pin().get(&slot) {
-            if found.stored.record().hash == *hash
-                && now.saturating_sub(found.filled_ms) < to_ms(self.config.max_age)
+            if found.stored.hash() == *hash
+                && !found.stale.load(Ordering::SeqCst)
+                && now.saturating_sub(found.filled_ms.load(Ordering::Relaxed))
+                    < to_ms(self.config.max_age)
             {
                 return Some(Some(Arc::clone(&found.stored)));
             }
@@ -207,10 +213,21 @@ impl State {
         match answer {
             Some(record) => {
                 let positive = self.positive.pin();
+                if let Some(existing) = positive.get(&slot) {
+                    if existing.stored.hash() == *hash && existing.stored.id() == record.id {
+                        existing.stored.refresh(record);
+                        existing.filled_ms.store(now, Ordering::Relaxed);
+                        existing.stale.store(false, Ordering::SeqCst);
+                        self.undo_if_raced(hash, generation);
+                        return;
+                    }
+                }
                 let capacity = self.config.positive_capacity;
                 if positive.len() >= capacity {
                     let max_age = to_ms(self.config.max_age);
-                    positive.retain(|_, entry| now.saturating_sub(entry.filled_ms) < max_age);
+                    positive.retain(|_, entry| {
+                        now.saturating_sub(entry.filled_ms.load(Ordering::Relaxed)) < max_age
+                    });
                     // Unless a tenth is free now, start over: each full scan
                     // is then paid for by a tenth of the capacity in fills.
                     if positive.len() > capacity - (capacity / 10).max(1) {
@@ -221,7 +238,8 @@ impl State {
                     slot,
                     Positive {
                         stored: Arc::new(StoredKey::new(KeyRecord::clone(record))),
-                        filled_ms: now,
+                        filled_ms: AtomicU64::new(now),
+                        stale: AtomicBool::new(false),
                     },
                 );
             }
@@ -243,20 +261,33 @@ impl State {
                 );
             }
         }
-        // An invalidation that bumped the generation after the check above
-        // may have run its removal before the insert: undo the insert.
+        self.undo_if_raced(hash, generation);
+    }
+
+    /// An invalidation that bumped the generation after `fill` checked it
+    /// may have run before the fill's write: undo the write.
+    fn undo_if_raced(&self, hash: &KeyHash, generation: u64) {
         if self.generation.load(Ordering::SeqCst) != generation {
-            self.positive.pin().remove(&slot);
-            self.negative.pin().remove(&slot);
+            self.drop_answers(hash);
         }
+    }
+
+    /// Stops answering for `hash`: its key entry goes stale, an unknown
+    /// entry goes.
+    fn drop_answers(&self, hash: &KeyHash) {
+        let slot = slot(hash);
+        if let Some(found) = self.positive.pin().get(&slot) {
+            if found.stored.hash() == *hash {
+                found.stale.store(true, Ordering::SeqCst);
+            }
+        }
+        self.negative.pin().remove(&slot);
     }
 
     fn forget(&self, hash: &KeyHash) {
         // Generation first: see `fill`.
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let slot = slot(hash);
-        self.positive.pin().remove(&slot);
-        self.negative.pin().remove(&slot);
+        self.drop_answers(hash);
     }
 
     fn clear(&self) {
@@ -466,7 +497,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         if let Some(answer) = self.state.lookup(hash) {
-            return Ok(answer.map(|stored| Arc::new(stored.record().clone())));
+            return Ok(answer.map(|stored| Arc::new(stored.record())));
         }
         let generation = self.state.generation.load(Ordering::SeqCst);
         // Errors are never cached: only an answer is.
@@ -480,19 +511,16 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         hash: &KeyHash,
     ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
         match self.state.lookup(hash) {
-            Some(answer) => Some(Ok(answer.map(|stored| Arc::new(stored.record().clone())))),
+            Some(answer) => Some(Ok(answer.map(|stored| Arc::new(stored.record())))),
             None => self.inner.find_by_hash_now(hash),
         }
     }
 
     // What verification calls first: a warm entry is answered as the shared
     // `StoredKey`, with no copy.
-    fn find_stored_now(
-        &self,
-        hash: &KeyHash,
-    ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
+    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
         match self.state.lookup(hash) {
-            Some(answer) => Some(Ok(answer)),
+            Some(answer) => Some(Ok(answer.map(StoredKeyRef::from))),
             None => self.inner.find_stored_now(hash),
         }
     }
@@ -639,7 +667,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_warm_entry_is_answered_shared_and_links_its_usage_counters() {
+    async fn a_warm_entry_is_answered_shared_and_counts_usage_in_place() {
         let (cached, remote) = cache(CacheConfig::new());
         cached.invalidator().synced(Instant::now());
         let manager = crate::KeyManager::new(cached.clone());
@@ -661,8 +689,10 @@ mod tests {
         assert_eq!(finds(&remote), 1, "one fill, then the cache answers");
         match cached.find_stored_now(&hash) {
             Some(Ok(Some(stored))) => {
-                assert_eq!(stored.record().id, created.record.id);
-                assert!(stored.usage_link().is_set());
+                assert_eq!(stored.id(), created.record.id);
+                // The first request read the remote store; the two warm ones
+                // were counted in the cached entry.
+                assert_eq!(stored.entry().counters().requests(), 2);
             }
             other => panic!("a warm entry is answered at once, got {other:?}"),
         }
@@ -863,6 +893,59 @@ mod tests {
             cached.find_by_hash(&key.hash).await.unwrap();
             assert!(cached.cached_keys() <= 4);
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_entry_was_dropped_and_filled_again_keeps_every_count() {
+        let (cached, _remote) = cache(CacheConfig::new().positive_capacity(1));
+        cached.invalidator().synced(Instant::now());
+        let manager = crate::KeyManager::new(cached.clone());
+        let first = manager
+            .create(crate::NewKey::new("acct", "First"))
+            .await
+            .unwrap();
+        let second = manager
+            .create(crate::NewKey::new("acct", "Second"))
+            .await
+            .unwrap();
+        // Warm, counted in the cached entry; then the other key evicts it,
+        // and it is read and cached anew: a second entry for one key.
+        for _ in 0..3 {
+            manager
+                .verify_key(&first.key, Default::default())
+                .await
+                .unwrap();
+        }
+        manager
+            .verify_key(&second.key, Default::default())
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            manager
+                .verify_key(&first.key, Default::default())
+                .await
+                .unwrap();
+        }
+        let id = first.record.id;
+        assert_eq!(manager.usage(&id).await.unwrap().requests, 7);
+        // The first entry is gone from the cache: a flush folds its counts
+        // into the manager's own, and nothing is lost or counted twice.
+        manager
+            .verify_key(&second.key, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(manager.flush_usage().await.unwrap(), 2);
+        assert_eq!(manager.usage(&id).await.unwrap().requests, 7);
+        for _ in 0..2 {
+            manager
+                .verify_key(&first.key, Default::default())
+                .await
+                .unwrap();
+        }
+        manager.flush_usage().await.unwrap();
+        assert_eq!(manager.usage(&id).await.unwrap().requests, 9);
+        let sample = manager.usage_snapshot();
+        assert_eq!(sample.iter().find(|s| s.id == id).unwrap().requests, 9);
     }
 
     #[tokio::test]

@@ -456,7 +456,7 @@ async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
             let now = now.map_err(|e| e.to_string())?;
             let later = store.find_by_hash(&hash).await.map_err(|e| e.to_string())?;
             ensure!(
-                now.as_ref().map(|stored| stored.record()) == later.as_deref(),
+                now.as_ref().map(|stored| stored.record()) == later.as_deref().cloned(),
                 "find_stored_now answered {now:?} where find_by_hash answered {later:?}"
             );
         }
@@ -475,7 +475,7 @@ async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
     if let Some(now) = store.find_stored_now(&record.hash) {
         let now = now.map_err(|e| e.to_string())?;
         ensure!(
-            now.and_then(|stored| stored.record().revoked_at).is_some(),
+            now.and_then(|stored| stored.revoked_at()).is_some(),
             "find_stored_now did not see a revocation"
         );
     }

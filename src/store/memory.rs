@@ -1,34 +1,41 @@
 //! The embedded, in-process store.
 
-use std::hash::BuildHasherDefault;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 
-use super::{KeyStore, StoreError, StoreUpdate, StoredKey, UsageDelta, UsageTotals};
+use super::stored::{Entry, Slab, SlabHandles};
+use super::{KeyStore, StoreError, StoreUpdate, StoredKeyRef, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord, UniformHasher};
+use crate::record::{KeyId, KeyRecord};
 
 /// Keys kept in memory: the default store, for one process and for tests.
 ///
-/// Everything is lost when the process exits. Reads take a shard's read lock
-/// only (a [`DashMap`]), so verifications on many threads do not contend on
-/// one lock. Every change replaces a record under its shard's write lock, so
-/// a revocation is seen by every lookup that starts after
+/// Everything is lost when the process exits. Reads take no lock: a
+/// verification reads one slot of an index and one entry, both with atomic
+/// loads, so verifications on many threads never wait for each other or
+/// for a writer. Changes are made in place in the key's entry, so a
+/// revocation is seen by every lookup that starts after
 /// [`revoke`](KeyStore::revoke) returns.
 ///
 /// Cloning is cheap and clones share the same keys.
 ///
-/// Both indexes are keyed by 64 bits — the first 8 bytes of the key's
-/// SHA-256, and the low 64 bits of the random id — and a hit is confirmed
-/// against the full value. Both are uniform already, so they need no
-/// rehashing and the slots stay small. Two keys sharing a 64-bit prefix
-/// (about one chance in 10^7 at a million keys) cannot both be stored: the
-/// second `insert` answers [`StoreError::Conflict`], and
-/// [`KeyManager::create`](crate::KeyManager::create) then draws a new key.
+/// How it is laid out, because it decides what a verification costs. Keys
+/// are kept in an append-only list (a key is never removed: a revoked key
+/// stays listed), each in two parts (see
+/// [`StoredKey`](crate::store::StoredKey)): 128 bytes that a verification
+/// reads and counts usage in, on a 128-byte boundary so the processor
+/// fetches them as one block, and the rest beside them. Two open-addressing
+/// indexes — by hash and by id — have 8-byte slots (part of the hash or id
+/// to filter with, and the key's position). A verification reads a slot,
+/// then the key's 128 bytes, and confirms the full hash there. At a million
+/// keys that is about 260 bytes for each key not used yet, and a
+/// verification costs about what one lookup in a `HashMap` of the hashes
+/// does (BENCHMARKS.md).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -40,86 +47,126 @@ use crate::record::{KeyId, KeyRecord, UniformHasher};
 /// assert_eq!(store.len(), 1);
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-type UniformMap<V> = DashMap<u64, V, BuildHasherDefault<UniformHasher>>;
+/// Most keys one store holds: slots keep an entry's position in 32 bits.
+const MAX_KEYS: usize = u32::MAX as usize - 1;
 
-fn hash_slot(hash: &KeyHash) -> u64 {
-    let mut prefix = [0u8; 8];
-    prefix.copy_from_slice(&hash.as_bytes()[..8]);
-    u64::from_le_bytes(prefix)
-}
-
-fn id_slot(id: &KeyId) -> u64 {
-    // Truncation keeps the low 64 random bits.
-    id.as_u128() as u64
-}
-
-#[derive(Default)]
 struct Inner {
-    /// The verification path: one lookup, one `Arc` clone.
-    by_hash: UniformMap<Arc<StoredKey>>,
-    /// Id to hash slot. Lock order, everywhere: `by_id` before `by_hash`.
-    by_id: UniformMap<u64>,
-    /// Each owner's keys (id slots) in insertion order.
-    by_owner: DashMap<String, Vec<u64>>,
-    usage: UniformMap<UsageTotals>,
+    entries: Arc<Slab>,
+    handles: SlabHandles,
+    by_hash: ArcSwap<Index>,
+    by_id: ArcSwap<Index>,
+    /// Held by every insert (so entries are appended one at a time and the
+    /// indexes grow under one writer), and by listings.
+    writer: Mutex<Owners>,
+    /// Usage totals recorded by `record_usage`, by entry position.
+    usage: Mutex<HashMap<u32, UsageTotals>>,
+}
+
+/// Each owner's keys, as a chain through the entries in insertion order.
+#[derive(Default)]
+struct Owners(HashMap<Arc<str>, Chain>);
+
+#[derive(Clone, Copy)]
+struct Chain {
+    first: u32,
+    last: u32,
+    len: u32,
+}
+
+impl Default for MemoryStore {
+    fn default() -> MemoryStore {
+        MemoryStore::new()
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
-        MemoryStore::default()
+        let entries = Arc::new(Slab::new());
+        MemoryStore {
+            inner: Arc::new(Inner {
+                handles: SlabHandles::new(&entries),
+                entries,
+                by_hash: ArcSwap::from_pointee(Index::with_slots(MIN_SLOTS)),
+                by_id: ArcSwap::from_pointee(Index::with_slots(MIN_SLOTS)),
+                writer: Mutex::new(Owners::default()),
+                usage: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// How many keys are stored, revoked ones included.
     pub fn len(&self) -> usize {
-        self.inner.by_id.len()
+        self.inner.entries.len()
     }
 
     /// Whether no key is stored.
     pub fn is_empty(&self) -> bool {
-        self.inner.by_id.is_empty()
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    fn entry(&self, index: u32) -> Option<Entry<'_>> {
+        self.entries.get(index)
     }
 
-    fn record(&self, id: &KeyId) -> Option<KeyRecord> {
-        let slot = self.inner.by_id.get(&id_slot(id))?;
-        let stored = self.inner.by_hash.get(&*slot)?;
-        (stored.record().id == *id).then(|| stored.record().clone())
+    /// Confirmed against the key's hot part only: what a verification reads.
+    fn find_hash(&self, hash: &KeyHash) -> Option<u32> {
+        let (key, tag) = hash_slot(hash);
+        self.by_hash.load().find(key, tag, |index| {
+            self.entries.hot(index).is_some_and(|hot| hot.hash_is(hash))
+        })
     }
 
-    fn lookup(&self, hash: &KeyHash) -> Option<Arc<StoredKey>> {
-        self.inner
-            .by_hash
-            .get(&hash_slot(hash))
-            .filter(|stored| stored.record().hash == *hash)
-            .map(|stored| Arc::clone(&stored))
+    fn find_id(&self, id: &KeyId) -> Option<u32> {
+        let (key, tag) = id_slot(id);
+        self.by_id.load().find(key, tag, |index| {
+            self.entry(index).is_some_and(|e| e.id() == *id)
+        })
     }
 
-    fn contains(&self, id: &KeyId) -> bool {
-        self.inner
-            .by_id
-            .get(&id_slot(id))
-            .and_then(|slot| self.inner.by_hash.get(&*slot))
-            .is_some_and(|stored| stored.record().id == *id)
+    fn by_id(&self, id: &KeyId) -> Option<Entry<'_>> {
+        self.find_id(id).and_then(|index| self.entry(index))
     }
 
-    /// Replaces the record with `id` by `change(record)`, atomically.
-    fn modify(&self, id: &KeyId, change: impl FnOnce(&mut KeyRecord)) -> Option<KeyRecord> {
-        let slot = self.inner.by_id.get(&id_slot(id))?;
-        let mut stored = self.inner.by_hash.get_mut(&*slot)?;
-        if stored.record().id != *id {
-            return None;
+    fn writer(&self) -> MutexGuard<'_, Owners> {
+        // Inserts leave the owner lists whole before anything can panic.
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn usage(&self) -> MutexGuard<'_, HashMap<u32, UsageTotals>> {
+        self.usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// With the writer lock held: makes room for `keys` keys, rebuilding
+    /// both indexes larger if they would be more than three quarters full.
+    fn reserve(&self, keys: usize) {
+        let slots = self.by_hash.load().slots.len();
+        if keys <= slots / 4 * 3 {
+            return;
         }
-        let mut record = stored.record().clone();
-        change(&mut record);
-        if record != *stored.record() {
-            *stored = Arc::new(stored.replaced(record.clone()));
+        let slots = (slots / 2 * 3).max(keys / 3 * 4 + 1);
+        let (by_hash, by_id) = (Index::with_slots(slots), Index::with_slots(slots));
+        for (index, entry) in self.entries.iter() {
+            let (key, tag) = hash_slot(&entry.hash());
+            by_hash.insert(key, tag, index);
+            let (key, tag) = id_slot(&entry.id());
+            by_id.insert(key, tag, index);
         }
-        Some(record)
+        // Readers holding the old indexes finish with them; they still
+        // find every key that was there when they started.
+        self.by_hash.store(Arc::new(by_hash));
+        self.by_id.store(Arc::new(by_id));
     }
 }
 
@@ -134,63 +181,90 @@ impl std::fmt::Debug for MemoryStore {
 #[async_trait]
 impl KeyStore for MemoryStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let (id, hash) = (id_slot(&record.id), hash_slot(&record.hash));
-        let Entry::Vacant(id_entry) = self.inner.by_id.entry(id) else {
+        let inner = &*self.inner;
+        let mut owners = inner.writer();
+        if inner.find_hash(&record.hash).is_some() || inner.find_id(&record.id).is_some() {
             return Err(StoreError::Conflict);
+        }
+        let count = inner.entries.len();
+        if count >= MAX_KEYS {
+            return Err(StoreError::backend(format!(
+                "a MemoryStore holds at most {MAX_KEYS} keys"
+            )));
+        }
+        inner.reserve(count + 1);
+        let owner = match owners.0.get_key_value(record.owner.as_str()) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => Arc::from(record.owner.as_str()),
         };
-        let Entry::Vacant(hash_entry) = self.inner.by_hash.entry(hash) else {
-            return Err(StoreError::Conflict);
-        };
-        let owner = record.owner.clone();
-        hash_entry.insert(Arc::new(StoredKey::new(record)));
-        // Listed while the id entry is still held, so no one finds the key by
-        // id before it is listed.
-        self.inner.by_owner.entry(owner).or_default().push(id);
-        id_entry.insert(hash);
+        let (hash, id) = (hash_slot(&record.hash), id_slot(&record.id));
+        let index = inner.entries.push(&record, Arc::clone(&owner));
+        // Listed before it can be found, so no one finds a key by id that
+        // its owner's list does not show.
+        match owners.0.get_mut(&owner) {
+            Some(chain) => {
+                if let Some(last) = inner.entry(chain.last) {
+                    last.next_of_owner().store(index, Ordering::Release);
+                }
+                chain.last = index;
+                chain.len += 1;
+            }
+            None => {
+                owners.0.insert(
+                    owner,
+                    Chain {
+                        first: index,
+                        last: index,
+                        len: 1,
+                    },
+                );
+            }
+        }
+        inner.by_id.load().insert(id.0, id.1, index);
+        inner.by_hash.load().insert(hash.0, hash.1, index);
         Ok(())
     }
 
     // The manager uses `find_stored_now`; other callers get a copy of the
     // record in an `Arc` of its own.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(self
-            .lookup(hash)
-            .map(|stored| Arc::new(stored.record().clone())))
+        Ok(self.find_record(hash))
     }
 
     fn find_by_hash_now(
         &self,
         hash: &KeyHash,
     ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        Some(Ok(self
-            .lookup(hash)
-            .map(|stored| Arc::new(stored.record().clone()))))
+        Some(Ok(self.find_record(hash)))
     }
 
-    fn find_stored_now(
-        &self,
-        hash: &KeyHash,
-    ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
-        Some(Ok(self.lookup(hash)))
+    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
+        let inner = &*self.inner;
+        // Before the lookup: see `SlabHandles::pick`.
+        let lease = inner.handles.pick();
+        Some(Ok(inner.find_hash(hash).map(|index| lease.entry(index))))
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.record(id))
+        Ok(self.inner.by_id(id).map(Entry::record))
     }
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let slots = match self.inner.by_owner.get(owner) {
-            Some(slots) => slots.clone(),
-            None => return Ok(Vec::new()),
+        let inner = &*self.inner;
+        let Some(chain) = inner.writer().0.get(owner).copied() else {
+            return Ok(Vec::new());
         };
-        Ok(slots
-            .iter()
-            .filter_map(|slot| {
-                let hash = self.inner.by_id.get(slot)?;
-                let stored = self.inner.by_hash.get(&*hash)?;
-                Some(stored.record().clone())
-            })
-            .collect())
+        // Every link up to `len` was written before `len` was read.
+        let mut records = Vec::with_capacity(chain.len as usize);
+        let mut at = chain.first;
+        for _ in 0..chain.len {
+            let Some(entry) = inner.entry(at) else {
+                break;
+            };
+            records.push(entry.record());
+            at = entry.next_of_owner().load(Ordering::Acquire);
+        }
+        Ok(records)
     }
 
     async fn update(
@@ -198,40 +272,125 @@ impl KeyStore for MemoryStore {
         id: &KeyId,
         update: &StoreUpdate,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.modify(id, |record| update.apply_to(record)))
+        Ok(self.inner.by_id(id).map(|entry| entry.update(update)))
     }
 
     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.modify(id, |record| {
-            record.revoked_at.get_or_insert(at);
-        }))
+        Ok(self.inner.by_id(id).map(|entry| entry.revoke(at)))
     }
 
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut usage = inner.usage();
         for delta in batch {
-            if self.contains(&delta.id) {
-                self.inner
-                    .usage
-                    .entry(id_slot(&delta.id))
-                    .or_default()
-                    .add(delta);
+            if let Some(index) = inner.find_id(&delta.id) {
+                usage.entry(index).or_default().add(delta);
             }
         }
         Ok(())
     }
 
     async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        if !self.contains(id) {
-            return Ok(None);
-        }
-        Ok(Some(
-            self.inner
-                .usage
-                .get(&id_slot(id))
-                .map(|u| u.clone())
-                .unwrap_or_default(),
-        ))
+        let inner = &*self.inner;
+        Ok(inner
+            .find_id(id)
+            .map(|index| inner.usage().get(&index).cloned().unwrap_or_default()))
     }
+}
+
+impl MemoryStore {
+    fn find_record(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
+        let inner = &*self.inner;
+        let index = inner.find_hash(hash)?;
+        inner.entry(index).map(|entry| Arc::new(entry.record()))
+    }
+}
+
+const MIN_SLOTS: usize = 16;
+
+/// An open-addressing index with linear probing. Each slot holds 32 bits
+/// of the key to filter with and the entry's position plus one (0: empty);
+/// a match is confirmed against the entry. Only the writer inserts; readers
+/// probe concurrently, seeing each slot either empty or whole.
+struct Index {
+    slots: Box<[AtomicU64]>,
+}
+
+impl Index {
+    fn with_slots(slots: usize) -> Index {
+        Index {
+            slots: (0..slots.max(MIN_SLOTS))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// Where probing for `key` starts. The key is mixed first: hashes and
+    /// generated ids are uniform already, but ids a program chose itself
+    /// (1, 2, 3, …) would otherwise pile up in one run of slots.
+    fn start(&self, key: u64) -> usize {
+        ((u128::from(mix(key)) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn find(&self, key: u64, tag: u32, mut confirm: impl FnMut(u32) -> bool) -> Option<u32> {
+        let len = self.slots.len();
+        let mut at = self.start(key);
+        // At most three quarters are full, so an empty slot ends every
+        // search; the bound is only a guarantee.
+        for _ in 0..len {
+            let slot = self.slots[at].load(Ordering::Acquire);
+            if slot == 0 {
+                return None;
+            }
+            if (slot >> 32) as u32 == tag {
+                let index = (slot as u32).wrapping_sub(1);
+                if confirm(index) {
+                    return Some(index);
+                }
+            }
+            at = if at + 1 == len { 0 } else { at + 1 };
+        }
+        None
+    }
+
+    /// With the writer lock held, and room made.
+    fn insert(&self, key: u64, tag: u32, index: u32) {
+        let len = self.slots.len();
+        let mut at = self.start(key);
+        for _ in 0..len {
+            if self.slots[at].load(Ordering::Relaxed) == 0 {
+                let slot = (u64::from(tag) << 32) | u64::from(index + 1);
+                self.slots[at].store(slot, Ordering::Release);
+                return;
+            }
+            at = if at + 1 == len { 0 } else { at + 1 };
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a bijection that spreads nearby values apart.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Where a hash goes: its first 8 bytes place it, the next 4 filter.
+fn hash_slot(hash: &KeyHash) -> (u64, u32) {
+    let bytes = hash.as_bytes();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&bytes[..8]);
+    let mut tag = [0u8; 4];
+    tag.copy_from_slice(&bytes[8..12]);
+    (u64::from_le_bytes(key), u32::from_le_bytes(tag))
+}
+
+fn id_slot(id: &KeyId) -> (u64, u32) {
+    let bits = id.as_u128();
+    // Truncations: the low 64 bits place it, the next 32 filter.
+    (bits as u64, (bits >> 64) as u32)
 }
 
 #[cfg(test)]
@@ -276,11 +435,13 @@ mod tests {
                 matches!(found, Some(Ok(Some(ref r))) if r.id == stored.id),
                 "a wrapped store must keep answering without a future"
             );
+            let entry = wrapped.find_stored_now(&stored.hash);
+            assert!(matches!(entry, Some(Ok(Some(ref e))) if e.id() == stored.id));
         }
     }
 
     #[tokio::test]
-    async fn a_used_key_links_its_counters_and_keeps_the_link_across_edits() {
+    async fn a_used_key_counts_in_its_own_entry_across_edits() {
         let store = MemoryStore::new();
         let manager = crate::KeyManager::new(store.clone());
         let created = manager
@@ -288,27 +449,24 @@ mod tests {
             .await
             .unwrap();
         let hash = created.key.hash();
-        let linked = |store: &MemoryStore| match store.find_stored_now(&hash) {
-            Some(Ok(Some(stored))) => stored.usage_link().is_set(),
+        let counted = |store: &MemoryStore| match store.find_stored_now(&hash) {
+            Some(Ok(Some(entry))) => entry.entry().counters().requests(),
             _ => panic!("the key is stored"),
         };
-        assert!(!linked(&store), "an unused key has no counters");
+        assert_eq!(counted(&store), 0);
         manager
             .verify_key(&created.key, Default::default())
             .await
             .unwrap();
-        assert!(linked(&store), "the first use links the counters");
+        assert_eq!(counted(&store), 1, "counted in the entry");
         let update = crate::KeyUpdate::new().name("Renamed");
         manager.update(&created.record.id, update).await.unwrap();
-        assert!(linked(&store), "a new version keeps the link");
-        // Another key's record never inherits it.
-        let Some(Ok(Some(stored))) = store.find_stored_now(&hash) else {
-            panic!("the key is stored");
-        };
-        let other = stored.replaced(record("acct"));
-        assert!(!other.usage_link().is_set());
-        let same = stored.replaced(stored.record().clone());
-        assert!(same.usage_link().is_set());
+        manager
+            .verify_key(&created.key, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(counted(&store), 2, "an edit keeps the entry and its counts");
+        assert_eq!(manager.usage(&created.record.id).await.unwrap().requests, 2);
     }
 
     #[tokio::test]
@@ -334,33 +492,28 @@ mod tests {
         ));
         assert_eq!(store.len(), 1);
         assert_eq!(store.list_by_owner("a").await.unwrap(), vec![first.clone()]);
+    }
 
-        // Sharing only the 64-bit index prefix is a conflict too...
+    #[tokio::test]
+    async fn keys_that_share_an_index_slot_are_told_apart() {
+        let store = MemoryStore::new();
+        let first = record("a");
+        store.insert(first.clone()).await.unwrap();
+        // The same 12 leading bytes of hash (slot and filter), another key.
         let mut bytes = *first.hash.as_bytes();
         bytes[31] ^= 1;
-        let near = KeyHash::from_bytes(bytes);
-        let prefix_twin = KeyRecord {
-            id: KeyId::generate(),
-            hash: near,
+        let twin = KeyRecord {
+            id: KeyId::from_u128(first.id.as_u128() ^ (1 << 127)),
+            hash: KeyHash::from_bytes(bytes),
             ..first.clone()
         };
-        assert!(matches!(
-            store.insert(prefix_twin).await,
-            Err(StoreError::Conflict)
-        ));
-        let id_twin = KeyRecord {
-            id: KeyId::from_u128(first.id.as_u128() ^ (1 << 100)),
-            hash: record("a").hash,
-            ..first.clone()
-        };
-        assert!(matches!(
-            store.insert(id_twin.clone()).await,
-            Err(StoreError::Conflict)
-        ));
-        // ...and a lookup that matches only the prefix finds nothing.
-        assert!(store.find_by_hash(&near).await.unwrap().is_none());
-        assert!(store.get(&id_twin.id).await.unwrap().is_none());
-        assert!(store.revoke(&id_twin.id, at(1)).await.unwrap().is_none());
+        store.insert(twin.clone()).await.unwrap();
+        for key in [&first, &twin] {
+            let found = store.find_by_hash(&key.hash).await.unwrap().unwrap();
+            assert_eq!(found.id, key.id);
+            assert_eq!(store.get(&key.id).await.unwrap().unwrap().hash, key.hash);
+        }
+        store.revoke(&twin.id, at(1)).await.unwrap();
         assert!(store
             .get(&first.id)
             .await
@@ -368,6 +521,92 @@ mod tests {
             .unwrap()
             .revoked_at
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn indexes_grow_and_ids_a_program_chose_spread_out() {
+        let store = MemoryStore::new();
+        let mut records = Vec::new();
+        for i in 1..=5_000u128 {
+            let r = KeyRecord {
+                id: KeyId::from_u128(i),
+                ..record(if i % 3 == 0 { "three" } else { "other" })
+            };
+            store.insert(r.clone()).await.unwrap();
+            records.push(r);
+        }
+        assert_eq!(store.len(), 5_000);
+        let slots = store.inner.by_id.load().slots.len();
+        assert!(slots >= 5_000 / 3 * 4, "at most three quarters full");
+        for r in &records {
+            assert_eq!(store.get(&r.id).await.unwrap().as_ref(), Some(r));
+            let found = store.find_by_hash_now(&r.hash).unwrap().unwrap().unwrap();
+            assert_eq!(found.id, r.id);
+        }
+        assert!(store.get(&KeyId::from_u128(5_001)).await.unwrap().is_none());
+        assert!(store
+            .find_by_hash(&record("x").hash)
+            .await
+            .unwrap()
+            .is_none());
+        // Sequential ids must not pile up: on average an entry sits within
+        // a few slots of where its search starts (about 2 at this load).
+        let index = store.inner.by_id.load();
+        let mean = mean_displacement(&index, &store);
+        assert!(
+            mean < 4.0,
+            "entries sit {mean:.1} slots from home on average"
+        );
+        assert_eq!(store.list_by_owner("three").await.unwrap().len(), 1_666);
+    }
+
+    fn mean_displacement(index: &Index, store: &MemoryStore) -> f64 {
+        let len = index.slots.len();
+        let mut total = 0usize;
+        let mut entries = 0usize;
+        for (at, slot) in index.slots.iter().enumerate() {
+            let slot = slot.load(Ordering::Relaxed);
+            if slot == 0 {
+                continue;
+            }
+            let entry = store.inner.entry((slot as u32) - 1).unwrap();
+            let home = index.start(id_slot(&entry.id()).0);
+            total += (at + len - home) % len;
+            entries += 1;
+        }
+        total as f64 / entries as f64
+    }
+
+    #[test]
+    fn readers_find_every_key_inserted_before_they_look_while_the_store_grows() {
+        let store = MemoryStore::new();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let inserted = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                for _ in 0..20_000 {
+                    let r = record("a");
+                    runtime.block_on(store.insert(r.clone())).unwrap();
+                    inserted.lock().unwrap().push(r.hash);
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            s.spawn(|| {
+                let mut checked = 0;
+                while !done.load(Ordering::SeqCst) || checked == 0 {
+                    let known: Vec<KeyHash> = inserted.lock().unwrap().clone();
+                    for hash in known.iter().rev().take(200) {
+                        let found = store.find_stored_now(hash);
+                        assert!(matches!(found, Some(Ok(Some(_)))), "lost a key");
+                        checked += 1;
+                    }
+                }
+            });
+        });
+        assert_eq!(store.len(), 20_000);
     }
 
     #[tokio::test]

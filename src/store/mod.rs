@@ -29,10 +29,10 @@ pub mod postgres;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-mod stored;
+pub(crate) mod stored;
 
 pub use memory::MemoryStore;
-pub use stored::StoredKey;
+pub use stored::{StoredKey, StoredKeyRef};
 
 /// A store failed. Management calls report it as
 /// [`ManagerError::Store`](crate::ManagerError::Store); verification answers
@@ -255,18 +255,16 @@ pub trait KeyStore: Send + Sync + 'static {
         None
     }
 
-    /// The same lookup for a store that keeps its records in memory as
-    /// `Arc<`[`StoredKey`]`>`: the shared entry itself, answered without
-    /// waiting, or `None` to say "call
-    /// [`find_by_hash_now`](KeyStore::find_by_hash_now)". The default is `None`.
+    /// The same lookup for a store that keeps its keys in memory as
+    /// [`StoredKey`]s: the shared entry itself, answered without waiting, or
+    /// `None` to say "call [`find_by_hash_now`](KeyStore::find_by_hash_now)".
+    /// The default is `None`.
     ///
-    /// Verification tries this first. Through the entry the manager finds
-    /// the key's usage counters without a second lookup. An answer here must
-    /// be exactly what `find_by_hash` would answer at that moment.
-    fn find_stored_now(
-        &self,
-        hash: &KeyHash,
-    ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
+    /// Verification tries this first. It reads the entry in place, with no
+    /// copy, and counts the request in the entry's own counters rather than
+    /// in a map of the manager's. An answer here must be exactly what
+    /// `find_by_hash` would answer at that moment.
+    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
         let _ = hash;
         None
     }
@@ -321,7 +319,7 @@ macro_rules! delegate_store {
             fn find_stored_now(
                 &self,
                 hash: &KeyHash,
-            ) -> Option<Result<Option<Arc<StoredKey>>, StoreError>> {
+            ) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
                 (**self).find_stored_now(hash)
             }
             async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {

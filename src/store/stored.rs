@@ -1,39 +1,464 @@
-//! A record as an in-memory store keeps it, with room for usage counting.
+//! A key as an in-memory store keeps it: the fields verification reads, in
+//! atomics, with the key's usage counters beside them.
+//!
+//! Each key is two parts. The hot part — 128 bytes: hash, revocation,
+//! expiry, rate limit, flags, then the usage counters — is all a
+//! verification reads and writes. The cold part — id, owner, name,
+//! allowlist, creation time — is read by management calls, by handlers
+//! asking who called, and by verifications of keys with an allowlist.
+//! [`StoredKey`] keeps both together; `MemoryStore` keeps the hot parts in
+//! arrays of their own, aligned so each is one 128-byte block of memory
+//! (which the processor fetches as one), and the cold parts beside them.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::record::KeyRecord;
-use crate::usage::UsageLink;
+use arc_swap::ArcSwapOption;
+use ipnetwork::IpNetwork;
 
-/// One version of a key's record as a store keeps it in memory, behind an
-/// `Arc`, with a link to the manager's usage counters beside it.
+use super::StoreUpdate;
+use crate::key::{Environment, KeyHash, KeyHint};
+use crate::record::{ip_allowed, KeyId, KeyRecord, RateLimit};
+use crate::usage::{Claim, Counters};
+
+/// `revoked_ns` of a key that is not revoked.
+const NOT_REVOKED: i64 = i64::MIN;
+/// `expires_ns` of a key that never expires.
+const NEVER: i64 = i64::MAX;
+
+const TEST_KEY: u32 = 1;
+const HAS_ALLOWLIST: u32 = 2;
+/// The hint's environment, apart from the key's: a record a store was
+/// given comes back exactly as it was, even one that disagrees with itself.
+const TEST_HINT: u32 = 4;
+
+/// Nanoseconds since the Unix epoch, kept exact between the years 1678
+/// and 2262 and clamped outside them (the two ends are the markers for
+/// "not revoked" and "never expires").
+pub(crate) fn to_nanos(at: SystemTime) -> i64 {
+    let ns = match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    };
+    ns.clamp(i64::MIN + 1, i64::MAX - 1)
+}
+
+pub(crate) fn from_nanos(ns: i64) -> SystemTime {
+    let offset = Duration::from_nanos(ns.unsigned_abs());
+    let at = if ns >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    };
+    at.unwrap_or(UNIX_EPOCH)
+}
+
+/// The part of a key every verification reads: one 128-byte block, the
+/// first line for the checks, the second for counting.
+#[derive(Default)]
+#[repr(C)]
+pub(crate) struct Hot {
+    hash: [AtomicU64; 4],
+    revoked_ns: AtomicI64,
+    expires_ns: AtomicI64,
+    /// `RateLimit::to_word`, or 0 for none.
+    rate_limit: AtomicU64,
+    /// The tracker counting in `counters` (0: none yet).
+    tracker: AtomicU32,
+    flags: AtomicU32,
+    counters: Counters,
+}
+
+impl Hot {
+    /// Writes `record`'s verification fields (into a blank part, or one not
+    /// yet reachable by anyone).
+    fn fill(&self, record: &KeyRecord) {
+        for (word, value) in self.hash.iter().zip(record.hash.words()) {
+            word.store(value, Ordering::Relaxed);
+        }
+        let mut flags = 0;
+        if record.environment == Environment::Test {
+            flags |= TEST_KEY;
+        }
+        if !record.allowed_ips.is_empty() {
+            flags |= HAS_ALLOWLIST;
+        }
+        if record.hint.environment() == Environment::Test {
+            flags |= TEST_HINT;
+        }
+        let revoked = record.revoked_at.map_or(NOT_REVOKED, to_nanos);
+        let expires = record.expires_at.map_or(NEVER, to_nanos);
+        self.revoked_ns.store(revoked, Ordering::Relaxed);
+        self.expires_ns.store(expires, Ordering::Relaxed);
+        let limit = record.rate_limit.map_or(0, RateLimit::to_word);
+        self.rate_limit.store(limit, Ordering::Relaxed);
+        self.flags.store(flags, Ordering::Relaxed);
+    }
+
+    fn hash(&self) -> KeyHash {
+        KeyHash::from_words(std::array::from_fn(|i| {
+            self.hash[i].load(Ordering::Relaxed)
+        }))
+    }
+
+    /// Whether this is `hash`'s key, compared in constant time.
+    pub(crate) fn hash_is(&self, hash: &KeyHash) -> bool {
+        hash.has_words(std::array::from_fn(|i| {
+            self.hash[i].load(Ordering::Relaxed)
+        }))
+    }
+}
+
+/// A hot part on a 128-byte boundary: the two lines a verification reads
+/// are then one block, which the processor fetches together.
+#[derive(Default)]
+#[repr(align(128))]
+struct AlignedHot(Hot);
+
+/// Names this long or shorter are kept in the entry itself; longer ones
+/// get an allocation of their own.
+const INLINE_NAME: usize = 30;
+
+enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Shared(Arc<str>),
+}
+
+impl Name {
+    fn new(name: &str) -> Name {
+        match u8::try_from(name.len()) {
+            Ok(len) if name.len() <= INLINE_NAME => {
+                let mut bytes = [0u8; INLINE_NAME];
+                bytes[..name.len()].copy_from_slice(name.as_bytes());
+                Name::Inline { len, bytes }
+            }
+            _ => Name::Shared(Arc::from(name)),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `str`, so the bytes are UTF-8.
+            Name::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Name::Shared(name) => name,
+        }
+    }
+
+    fn shared(&self) -> Arc<str> {
+        match self {
+            Name::Inline { .. } => Arc::from(self.as_str()),
+            Name::Shared(name) => Arc::clone(name),
+        }
+    }
+}
+
+/// The rest of a key.
+pub(crate) struct Cold {
+    id: KeyId,
+    created_ns: i64,
+    owner: Arc<str>,
+    allowed: ArcSwapOption<Vec<IpNetwork>>,
+    /// The name; its lock is also the key's write lock, so changes to one
+    /// key apply one at a time and a snapshot sees a whole one.
+    name: Mutex<Name>,
+    /// The next key of the same owner, for `MemoryStore`'s lists.
+    next_of_owner: AtomicU32,
+    /// The hint's last four characters (its environment is in the flags).
+    hint_last: [u8; 4],
+}
+
+impl Cold {
+    fn new(record: &KeyRecord, owner: Arc<str>) -> Cold {
+        let allowed =
+            (!record.allowed_ips.is_empty()).then(|| Arc::new(record.allowed_ips.clone()));
+        Cold {
+            id: record.id,
+            created_ns: to_nanos(record.created_at),
+            owner,
+            allowed: ArcSwapOption::new(allowed),
+            name: Mutex::new(Name::new(&record.name)),
+            next_of_owner: AtomicU32::new(0),
+            hint_last: record.hint.last_bytes(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Name> {
+        // Every change leaves the key whole before it can panic.
+        self.name
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where a key's cold part is: right beside its hot part, or at its
+/// position in a slab (looked up only when needed, so a verification that
+/// reads no cold field never touches that memory).
+#[derive(Clone, Copy)]
+enum ColdAt<'a> {
+    Here(&'a Cold),
+    Slab(&'a boxcar::Vec<Cold>, u32),
+}
+
+/// One key, its two parts found: what every reading and writing of a
+/// stored key goes through.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry<'a> {
+    hot: &'a Hot,
+    cold: ColdAt<'a>,
+}
+
+impl<'a> Entry<'a> {
+    fn cold(self) -> &'a Cold {
+        match self.cold {
+            ColdAt::Here(cold) => cold,
+            // Slab positions are handed out only for keys that are there,
+            // and a slab never shrinks.
+            ColdAt::Slab(slab, index) => &slab[index as usize],
+        }
+    }
+
+    pub(crate) fn hot(self) -> &'a Hot {
+        self.hot
+    }
+
+    pub(crate) fn hash(self) -> KeyHash {
+        self.hot.hash()
+    }
+
+    /// The next key of the same owner (`MemoryStore`'s lists).
+    pub(crate) fn next_of_owner(self) -> &'a AtomicU32 {
+        &self.cold().next_of_owner
+    }
+
+    pub(crate) fn record(self) -> KeyRecord {
+        let cold = self.cold();
+        let name = cold.lock();
+        self.snapshot(&name)
+    }
+
+    fn snapshot(self, name: &Name) -> KeyRecord {
+        let cold = self.cold();
+        KeyRecord {
+            hash: self.hot.hash(),
+            revoked_at: self.revoked_at(),
+            expires_at: self.expires_at(),
+            allowed_ips: cold
+                .allowed
+                .load()
+                .as_ref()
+                .map_or_else(Vec::new, |list| list.to_vec()),
+            rate_limit: self.rate_limit(),
+            id: cold.id,
+            environment: self.environment(),
+            hint: self.hint(),
+            owner: cold.owner.to_string(),
+            name: name.as_str().to_owned(),
+            created_at: from_nanos(cold.created_ns),
+        }
+    }
+
+    pub(crate) fn id(self) -> KeyId {
+        self.cold().id
+    }
+
+    pub(crate) fn owner(self) -> &'a str {
+        &self.cold().owner
+    }
+
+    fn name(self) -> String {
+        self.cold().lock().as_str().to_owned()
+    }
+
+    pub(crate) fn shared_name(self) -> Arc<str> {
+        self.cold().lock().shared()
+    }
+
+    pub(crate) fn environment(self) -> Environment {
+        if self.hot.flags.load(Ordering::Relaxed) & TEST_KEY != 0 {
+            Environment::Test
+        } else {
+            Environment::Live
+        }
+    }
+
+    pub(crate) fn hint(self) -> KeyHint {
+        let environment = if self.hot.flags.load(Ordering::Relaxed) & TEST_HINT != 0 {
+            Environment::Test
+        } else {
+            Environment::Live
+        };
+        KeyHint::from_parts(environment, self.cold().hint_last)
+    }
+
+    pub(crate) fn is_revoked(self) -> bool {
+        // `SeqCst`, like the store in `revoke`: a verification that starts
+        // after `revoke` returned sees it.
+        self.hot.revoked_ns.load(Ordering::SeqCst) != NOT_REVOKED
+    }
+
+    fn revoked_at(self) -> Option<SystemTime> {
+        let ns = self.hot.revoked_ns.load(Ordering::SeqCst);
+        (ns != NOT_REVOKED).then(|| from_nanos(ns))
+    }
+
+    fn expires_at(self) -> Option<SystemTime> {
+        let ns = self.hot.expires_ns.load(Ordering::SeqCst);
+        (ns != NEVER).then(|| from_nanos(ns))
+    }
+
+    /// Whether the key expires at all (and so needs the clock).
+    pub(crate) fn expires(self) -> bool {
+        self.hot.expires_ns.load(Ordering::Relaxed) != NEVER
+    }
+
+    /// Whether the key has expired at `now`.
+    pub(crate) fn expired(self, now: SystemTime) -> bool {
+        to_nanos(now) >= self.hot.expires_ns.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn rate_limit(self) -> Option<RateLimit> {
+        RateLimit::from_word(self.hot.rate_limit.load(Ordering::SeqCst))
+    }
+
+    /// Reads the allowlist only if the key has one.
+    pub(crate) fn allows_ip(self, client_ip: Option<IpAddr>) -> bool {
+        if self.hot.flags.load(Ordering::SeqCst) & HAS_ALLOWLIST == 0 {
+            return true;
+        }
+        match &*self.cold().allowed.load() {
+            Some(list) => ip_allowed(list, client_ip),
+            None => true,
+        }
+    }
+
+    pub(crate) fn revoke(self, at: SystemTime) -> KeyRecord {
+        let name = self.cold().lock();
+        let _ = self.hot.revoked_ns.compare_exchange(
+            NOT_REVOKED,
+            to_nanos(at),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.snapshot(&name)
+    }
+
+    pub(crate) fn update(self, update: &StoreUpdate) -> KeyRecord {
+        let mut name = self.cold().lock();
+        if !self.is_revoked() {
+            if let Some(new_name) = &update.name {
+                *name = Name::new(new_name);
+            }
+            if let Some(allowed) = &update.allowed_ips {
+                self.set_allowlist(allowed);
+            }
+            if let Some(limit) = update.rate_limit {
+                self.hot
+                    .rate_limit
+                    .store(limit.map_or(0, RateLimit::to_word), Ordering::SeqCst);
+            }
+            if let Some(at) = update.expires_at {
+                self.hot
+                    .expires_ns
+                    .fetch_min(to_nanos(at), Ordering::SeqCst);
+            }
+        }
+        self.snapshot(&name)
+    }
+
+    fn refresh(self, record: &KeyRecord) {
+        let mut name = self.cold().lock();
+        if name.as_str() != record.name {
+            *name = Name::new(&record.name);
+        }
+        self.set_allowlist(&record.allowed_ips);
+        let limit = record.rate_limit.map_or(0, RateLimit::to_word);
+        self.hot.rate_limit.store(limit, Ordering::SeqCst);
+        let expires = record.expires_at.map_or(NEVER, to_nanos);
+        self.hot.expires_ns.store(expires, Ordering::SeqCst);
+        if let Some(at) = record.revoked_at {
+            let _ = self.hot.revoked_ns.compare_exchange(
+                NOT_REVOKED,
+                to_nanos(at),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// With the write lock held.
+    fn set_allowlist(self, allowed: &[IpNetwork]) {
+        let cold = self.cold();
+        if allowed.is_empty() {
+            self.hot.flags.fetch_and(!HAS_ALLOWLIST, Ordering::SeqCst);
+            cold.allowed.store(None);
+        } else {
+            // The list before the flag: a verification that sees the flag
+            // finds the list.
+            cold.allowed.store(Some(Arc::new(allowed.to_vec())));
+            self.hot.flags.fetch_or(HAS_ALLOWLIST, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn counters(self) -> &'a Counters {
+        &self.hot.counters
+    }
+
+    /// Claims the inline counters for tracker `tag`, unless another has them.
+    pub(crate) fn claim_counters(self, tag: u32) -> Claim {
+        let tracker = &self.hot.tracker;
+        let current = tracker.load(Ordering::Relaxed);
+        if current == tag {
+            return Claim::Ours;
+        }
+        if current != 0 {
+            return Claim::Theirs;
+        }
+        match tracker.compare_exchange(0, tag, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Claim::Won,
+            Err(actual) if actual == tag => Claim::Ours,
+            Err(_) => Claim::Theirs,
+        }
+    }
+
+    /// Gives tracker `tag`'s claim back, with the counters cleared. Only a
+    /// tracker that is going away calls this: nobody counts here meanwhile.
+    pub(crate) fn release_counters(self, tag: u32) {
+        if self.hot.tracker.load(Ordering::Acquire) == tag {
+            self.hot.counters.reset();
+            self.hot.tracker.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// One key as a store keeps it in memory: everything in [`KeyRecord`],
+/// laid out for verification, and the key's usage counters.
 ///
-/// Counting a request needs that key's counters. Found through the record
-/// the verification has just read, they cost one more memory access; found
-/// by the key's id in the manager's own map, they cost a second lookup — at
-/// a million keys, two or three more cache misses per request. A store that
-/// keeps `Arc<StoredKey>`s and answers
-/// [`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now) gets the
-/// first; any other store still works and gets the second.
+/// A verification reads the first 64 bytes — hash, revocation, expiry,
+/// rate limit, environment, whether there is an allowlist — and counts the
+/// request in the next 64; nothing else, unless the key has an allowlist.
+/// Changes are made in place ([`revoke`](StoredKey::revoke),
+/// [`update`](StoredKey::update)), so the counters stay with the key and a
+/// change is seen by every verification that starts after it returns.
 ///
-/// The link is filled by the manager on the key's first use and is not part
-/// of the record: it is neither compared nor stored anywhere. When a store
-/// changes a record (an update, a revocation), it keeps the new version as
-/// [`replaced`](StoredKey::replaced) so the link goes along.
-///
-/// A link belongs to the manager that set it. Another manager over the same
-/// store (or one rebuilt by
-/// [`KeyManager::with_usage`](crate::KeyManager::with_usage) after keys
-/// were used) counts correctly through its own map instead, one lookup
-/// slower.
+/// [`MemoryStore`](crate::MemoryStore) keeps its keys this way. A store of
+/// your own that keeps keys in memory can too: hold `Arc<StoredKey>`s and
+/// answer [`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now)
+/// with them, and the manager counts usage in the keys themselves instead
+/// of looking each one up in a map of its own.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use std::time::SystemTime;
-/// use tm_auth::store::StoredKey;
+/// use tm_auth::store::{StoreUpdate, StoredKey, StoredKeyRef};
 /// use tm_auth::{Environment, KeyId, KeyRecord, TmKey};
 ///
 /// let key = TmKey::generate(Environment::Live);
-/// let stored = StoredKey::new(KeyRecord {
+/// let stored = Arc::new(StoredKey::new(KeyRecord {
 ///     hash: key.hash(),
 ///     revoked_at: None,
 ///     expires_at: None,
@@ -45,52 +470,135 @@ use crate::usage::UsageLink;
 ///     owner: "acct_42".into(),
 ///     name: "Production".into(),
 ///     created_at: SystemTime::now(),
-/// });
-/// let mut record = stored.record().clone();
-/// record.name = "Production - Main Website".into();
-/// let renamed = stored.replaced(record);
-/// assert_eq!(renamed.record().name, "Production - Main Website");
+/// }));
+/// let mut rename = StoreUpdate::default();
+/// rename.name = Some("Production - Main Website".into());
+/// assert_eq!(stored.update(&rename).name, "Production - Main Website");
+/// let revoked = stored.revoke(SystemTime::now());
+/// assert!(revoked.revoked_at.is_some());
+/// // What a store's `find_stored_now` answers:
+/// let shared = StoredKeyRef::from(Arc::clone(&stored));
+/// assert_eq!(shared.id(), revoked.id);
+/// assert!(shared.is_revoked());
 /// ```
-// `repr(C)`: the link (16 bytes) sits between the `Arc` counts and the
-// record, so the counts, the link and what a verification reads of the
-// record stay within the allocation's first 128 bytes.
-#[repr(C)]
 pub struct StoredKey {
-    usage: UsageLink,
-    record: KeyRecord,
+    hot: Hot,
+    cold: Cold,
 }
 
 impl StoredKey {
-    /// A record not used yet.
+    /// An entry holding `record`.
     pub fn new(record: KeyRecord) -> StoredKey {
-        StoredKey {
-            usage: UsageLink::default(),
-            record,
+        let hot = Hot::default();
+        hot.fill(&record);
+        let cold = Cold::new(&record, Arc::from(record.owner.as_str()));
+        StoredKey { hot, cold }
+    }
+
+    fn entry(&self) -> Entry<'_> {
+        Entry {
+            hot: &self.hot,
+            cold: ColdAt::Here(&self.cold),
         }
     }
 
-    /// The record.
-    pub fn record(&self) -> &KeyRecord {
-        &self.record
+    /// Revokes the key at `at` unless it is revoked already, and returns the
+    /// record as it now is (a second call returns the first `revoked_at`).
+    pub fn revoke(&self, at: SystemTime) -> KeyRecord {
+        self.entry().revoke(at)
     }
 
-    /// The next version of this key: `record`, keeping the link to the
-    /// key's usage counters. A record with another id is another key: it
-    /// gets no link, so one key's requests can never count (or use up a
-    /// rate limit) for another.
-    pub fn replaced(&self, record: KeyRecord) -> StoredKey {
-        let usage = if record.id == self.record.id {
-            self.usage.copy()
-        } else {
-            UsageLink::default()
-        };
-        StoredKey { usage, record }
+    /// Applies `update` by [`StoreUpdate`]'s rules (nothing changes on a
+    /// revoked key; an expiry only ever moves earlier) and returns the
+    /// record as it now is.
+    pub fn update(&self, update: &StoreUpdate) -> KeyRecord {
+        self.entry().update(update)
     }
 
-    pub(crate) fn usage_link(&self) -> &UsageLink {
-        &self.usage
+    /// Makes the entry say what `record` (the same key, read again from the
+    /// store behind a cache) says, except that a revocation is never undone.
+    pub(crate) fn refresh(&self, record: &KeyRecord) {
+        self.entry().refresh(record);
     }
 }
+
+/// The reading half of the API, the same on [`StoredKey`] and [`StoredKeyRef`].
+macro_rules! reads {
+    ($ty:ty) => {
+        impl $ty {
+            /// The record as it is now. Times are kept to the nanosecond
+            /// between the years 1678 and 2262 (and clamped outside them).
+            pub fn record(&self) -> KeyRecord {
+                self.entry().record()
+            }
+
+            /// SHA-256 of the key.
+            pub fn hash(&self) -> KeyHash {
+                self.entry().hot.hash()
+            }
+
+            /// The key's id.
+            pub fn id(&self) -> KeyId {
+                self.entry().id()
+            }
+
+            /// The account the key belongs to.
+            pub fn owner(&self) -> &str {
+                self.entry().owner()
+            }
+
+            /// The key's name as it is now.
+            pub fn name(&self) -> String {
+                self.entry().name()
+            }
+
+            /// Live or test.
+            pub fn environment(&self) -> Environment {
+                self.entry().environment()
+            }
+
+            /// `tm_live_...abcd`.
+            pub fn hint(&self) -> KeyHint {
+                self.entry().hint()
+            }
+
+            /// Whether the key has been revoked.
+            pub fn is_revoked(&self) -> bool {
+                self.entry().is_revoked()
+            }
+
+            /// When the key was revoked.
+            pub fn revoked_at(&self) -> Option<SystemTime> {
+                self.entry().revoked_at()
+            }
+
+            /// When the key stops working.
+            pub fn expires_at(&self) -> Option<SystemTime> {
+                self.entry().expires_at()
+            }
+
+            /// The provider's per-key limit.
+            pub fn rate_limit(&self) -> Option<RateLimit> {
+                self.entry().rate_limit()
+            }
+
+            /// Whether `client_ip` may use this key (see
+            /// [`KeyRecord::allows_ip`]).
+            pub fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
+                self.entry().allows_ip(client_ip)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.record(), f)
+            }
+        }
+    };
+}
+
+reads!(StoredKey);
+reads!(StoredKeyRef);
 
 impl From<KeyRecord> for StoredKey {
     fn from(record: KeyRecord) -> StoredKey {
@@ -98,26 +606,355 @@ impl From<KeyRecord> for StoredKey {
     }
 }
 
-impl fmt::Debug for StoredKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.record, f)
+/// A shared handle on a stored key: what
+/// [`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now) answers.
+///
+/// Made from an `Arc<StoredKey>` (`StoredKeyRef::from(arc)`), or by
+/// [`MemoryStore`](crate::MemoryStore) for the keys it keeps side by side.
+/// Cloning it is one atomic increment, on a counter the cloning thread
+/// rarely shares with another.
+#[derive(Clone)]
+pub struct StoredKeyRef(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Shared(Arc<StoredKey>),
+    Slab { handle: Arc<SlabHandle>, index: u32 },
+}
+
+impl From<Arc<StoredKey>> for StoredKeyRef {
+    fn from(stored: Arc<StoredKey>) -> StoredKeyRef {
+        StoredKeyRef(Repr::Shared(stored))
     }
+}
+
+impl StoredKeyRef {
+    /// Both parts of the key, found.
+    pub(crate) fn entry(&self) -> Entry<'_> {
+        match &self.0 {
+            Repr::Shared(stored) => stored.entry(),
+            Repr::Slab { handle, index } => handle.slab.entry(*index),
+        }
+    }
+
+    /// Whether nothing but this handle can reach the key any more (a cache
+    /// dropped it): its counters can no longer change.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match &self.0 {
+            Repr::Shared(stored) => Arc::strong_count(stored) == 1,
+            Repr::Slab { .. } => false,
+        }
+    }
+}
+
+/// How many keys' hot parts one allocation holds (512 KiB).
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// Keys kept side by side (`MemoryStore`'s), never removed: the hot parts
+/// in aligned chunks, the cold parts in a list of their own. Only one
+/// writer appends at a time; readers reach a key only through a position
+/// published after its append.
+pub(crate) struct Slab {
+    hot: boxcar::Vec<Box<[AlignedHot]>>,
+    cold: boxcar::Vec<Cold>,
+}
+
+impl Slab {
+    pub(crate) fn new() -> Slab {
+        Slab {
+            hot: boxcar::Vec::new(),
+            cold: boxcar::Vec::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.cold.count()
+    }
+
+    /// Appends a key; returns its position. One writer at a time.
+    pub(crate) fn push(&self, record: &KeyRecord, owner: Arc<str>) -> u32 {
+        let index = self.cold.count();
+        if index % CHUNK == 0 {
+            // A chunk is allocated whole: a blank hot part is all zeros.
+            self.hot
+                .push((0..CHUNK).map(|_| AlignedHot::default()).collect());
+        }
+        if let Some(hot) = self.hot_at(index as u32) {
+            hot.fill(record);
+        }
+        self.cold.push(Cold::new(record, owner)) as u32
+    }
+
+    fn hot_at(&self, index: u32) -> Option<&Hot> {
+        let chunk = self.hot.get((index >> CHUNK_BITS) as usize)?;
+        chunk
+            .get(index as usize & (CHUNK - 1))
+            .map(|aligned| &aligned.0)
+    }
+
+    /// The hot part of the key at `index`, for a lookup to confirm.
+    pub(crate) fn hot(&self, index: u32) -> Option<&Hot> {
+        self.hot_at(index)
+    }
+
+    /// The key at `index`, which must have been pushed.
+    pub(crate) fn entry(&self, index: u32) -> Entry<'_> {
+        let chunk = &self.hot[(index >> CHUNK_BITS) as usize];
+        Entry {
+            hot: &chunk[index as usize & (CHUNK - 1)].0,
+            cold: ColdAt::Slab(&self.cold, index),
+        }
+    }
+
+    /// The key at `index`, if there is one.
+    pub(crate) fn get(&self, index: u32) -> Option<Entry<'_>> {
+        self.cold.get(index as usize)?;
+        Some(self.entry(index))
+    }
+
+    /// Every key, in the order they were pushed.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, Entry<'_>)> {
+        (0..self.len() as u32).map(|index| (index, self.entry(index)))
+    }
+}
+
+/// One of several owners of a slab. A handle given out with every key
+/// reference means one reference count per handle, not one for the slab:
+/// with a handle per thread, verifications on two cores do not fight over
+/// one cache line for the count.
+pub(crate) struct SlabHandle {
+    slab: Arc<Slab>,
+}
+
+/// The handles of one slab, one picked per thread.
+pub(crate) struct SlabHandles(Box<[Arc<SlabHandle>]>);
+
+const HANDLES: usize = 16;
+
+impl SlabHandles {
+    pub(crate) fn new(slab: &Arc<Slab>) -> SlabHandles {
+        SlabHandles(
+            (0..HANDLES)
+                .map(|_| {
+                    Arc::new(SlabHandle {
+                        slab: Arc::clone(slab),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// This thread's handle, to make references with once a lookup has
+    /// found a key.
+    ///
+    /// Taken before the lookup, not after: taking it is an atomic
+    /// increment, which on x86 waits for every earlier memory access to
+    /// finish. After the lookup, it would wait for the key's cache miss
+    /// with nothing else to do; before, it costs the increment alone.
+    pub(crate) fn pick(&self) -> SlabLease {
+        SlabLease(Arc::clone(&self.0[thread_number() % self.0.len()]))
+    }
+}
+
+/// A handle taken for one lookup ([`SlabHandles::pick`]).
+pub(crate) struct SlabLease(Arc<SlabHandle>);
+
+impl SlabLease {
+    /// A reference to the key at `index`, which must have been pushed.
+    pub(crate) fn entry(self, index: u32) -> StoredKeyRef {
+        StoredKeyRef(Repr::Slab {
+            handle: self.0,
+            index,
+        })
+    }
+}
+
+/// A small number for the calling thread, the same on every call.
+fn thread_number() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static NUMBER: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    NUMBER.with(|number| *number)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::TmKey;
+
+    fn record() -> KeyRecord {
+        let key = TmKey::generate(Environment::Test);
+        KeyRecord {
+            hash: key.hash(),
+            revoked_at: None,
+            expires_at: Some(UNIX_EPOCH + Duration::new(4_102_444_800, 123_456_789)),
+            allowed_ips: vec!["203.0.113.0/24".parse().unwrap()],
+            rate_limit: Some(RateLimit::new(100, Duration::from_secs(300))),
+            id: KeyId::generate(),
+            environment: Environment::Test,
+            hint: key.hint(),
+            owner: "acct_42".into(),
+            name: "Production - Main Website".into(),
+            created_at: UNIX_EPOCH + Duration::new(1_767_225_600, 987_654_321),
+        }
+    }
 
     #[test]
-    fn the_record_is_read_within_two_cache_lines_of_the_arc_counts() {
-        // 16 bytes of `Arc` counts, then the link, then the record's hash,
-        // revocation, expiry, allowlist and rate limit: 128 bytes.
-        assert_eq!(std::mem::offset_of!(StoredKey, record), 16);
-        assert_eq!(
-            16 + std::mem::offset_of!(StoredKey, record)
-                + std::mem::offset_of!(KeyRecord, rate_limit)
-                + 8,
-            128
+    fn what_verification_reads_is_one_aligned_block() {
+        assert_eq!(std::mem::offset_of!(Hot, counters), 64);
+        assert_eq!(std::mem::size_of::<Hot>(), 128);
+        assert_eq!(std::mem::size_of::<AlignedHot>(), 128);
+        assert_eq!(std::mem::align_of::<AlignedHot>(), 128);
+        // Unused keys pay for this with the hot part (BENCHMARKS.md's
+        // memory row): 96 bytes, 104 in the slab's list.
+        assert_eq!(std::mem::size_of::<Cold>(), 96);
+        let slab = Slab::new();
+        for _ in 0..3 {
+            slab.push(&record(), Arc::from("acct"));
+        }
+        for (index, entry) in slab.iter() {
+            let at = entry.hot() as *const Hot as usize;
+            assert_eq!(at % 128, 0, "key {index} starts a block");
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_exactly() {
+        let original = record();
+        let stored = StoredKey::new(original.clone());
+        assert_eq!(stored.record(), original);
+        let long = KeyRecord {
+            name: "n".repeat(100),
+            allowed_ips: Vec::new(),
+            expires_at: None,
+            rate_limit: None,
+            environment: Environment::Live,
+            ..original.clone()
+        };
+        assert_eq!(StoredKey::new(long.clone()).record(), long);
+        let slab = Slab::new();
+        let index = slab.push(&original, Arc::from(original.owner.as_str()));
+        assert_eq!(slab.entry(index).record(), original, "the same in a slab");
+        assert!(slab.get(index + 1).is_none());
+    }
+
+    #[test]
+    fn times_are_exact_in_range_and_clamped_outside() {
+        for at in [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::new(1, 1),
+            UNIX_EPOCH - Duration::new(1, 1),
+            UNIX_EPOCH + Duration::from_secs(9_000_000_000),
+        ] {
+            assert_eq!(from_nanos(to_nanos(at)), at, "{at:?}");
+        }
+        let far = UNIX_EPOCH + Duration::from_secs(20_000_000_000);
+        assert_eq!(to_nanos(far), i64::MAX - 1);
+        let mut r = record();
+        r.expires_at = Some(far);
+        assert!(
+            StoredKey::new(r).expires_at().is_some(),
+            "clamped, never confused with 'never expires'"
         );
+    }
+
+    #[test]
+    fn verification_fields_follow_changes() {
+        let stored = StoredKey::new(record());
+        let entry = stored.entry();
+        let inside = Some("203.0.113.5".parse().unwrap());
+        let outside = Some("198.51.100.5".parse().unwrap());
+        assert!(stored.allows_ip(inside) && !stored.allows_ip(outside));
+        assert!(!stored.allows_ip(None), "an allowlist fails closed");
+        assert_eq!(stored.environment(), Environment::Test);
+        let lift = StoreUpdate {
+            allowed_ips: Some(Vec::new()),
+            rate_limit: Some(None),
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(10)),
+            ..StoreUpdate::default()
+        };
+        let after = stored.update(&lift);
+        assert!(after.allowed_ips.is_empty() && stored.allows_ip(outside));
+        assert!(stored.allows_ip(None));
+        assert_eq!(stored.rate_limit(), None);
+        assert!(entry.expired(UNIX_EPOCH + Duration::from_secs(10)));
+        assert!(!entry.expired(UNIX_EPOCH + Duration::from_secs(9)));
+        let later = StoreUpdate {
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(99)),
+            ..StoreUpdate::default()
+        };
+        assert_eq!(
+            stored.update(&later).expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(10)),
+            "an expiry never moves later"
+        );
+    }
+
+    #[test]
+    fn revocation_is_idempotent_and_freezes_the_entry() {
+        let stored = StoredKey::new(record());
+        let first = stored.revoke(UNIX_EPOCH + Duration::from_secs(5));
+        let second = stored.revoke(UNIX_EPOCH + Duration::from_secs(6));
+        assert_eq!(first.revoked_at, second.revoked_at);
+        assert!(stored.is_revoked());
+        let rename = StoreUpdate {
+            name: Some("Renamed".into()),
+            ..StoreUpdate::default()
+        };
+        assert_eq!(stored.update(&rename).name, "Production - Main Website");
+        let mut unrevoked = stored.record();
+        unrevoked.revoked_at = None;
+        stored.refresh(&unrevoked);
+        assert!(stored.is_revoked(), "a refresh never undoes a revocation");
+    }
+
+    #[test]
+    fn a_refresh_takes_the_store_s_record() {
+        let original = record();
+        let stored = StoredKey::new(original.clone());
+        let mut newer = original.clone();
+        newer.name = "Renamed elsewhere".into();
+        newer.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+        newer.expires_at = None;
+        stored.refresh(&newer);
+        assert_eq!(stored.record(), newer);
+    }
+
+    #[test]
+    fn counters_are_claimed_once_and_released_clean() {
+        let stored = StoredKey::new(record());
+        let entry = stored.entry();
+        assert!(matches!(entry.claim_counters(7), Claim::Won));
+        assert!(matches!(entry.claim_counters(7), Claim::Ours));
+        assert!(matches!(entry.claim_counters(8), Claim::Theirs));
+        entry.counters().count(60_000, None, true);
+        entry.release_counters(8);
+        assert_eq!(entry.counters().requests(), 1, "not 8's to release");
+        entry.release_counters(7);
+        assert_eq!(entry.counters().requests(), 0);
+        assert!(matches!(entry.claim_counters(8), Claim::Won));
+    }
+
+    #[test]
+    fn slab_references_reach_their_key_from_any_thread() {
+        let slab = Arc::new(Slab::new());
+        let mut last = 0;
+        for _ in 0..CHUNK + 5 {
+            last = slab.push(&record(), Arc::from("acct"));
+        }
+        let handles = SlabHandles::new(&slab);
+        let here = handles.pick().entry(last);
+        let id = here.id();
+        assert_eq!(slab.entry(last).id(), id);
+        let there = std::thread::scope(|s| s.spawn(|| handles.pick().entry(last).id()).join());
+        assert_eq!(there.ok(), Some(id));
+        assert!(!here.is_unreachable());
+        let shared = StoredKeyRef::from(Arc::new(StoredKey::new(record())));
+        assert!(shared.is_unreachable());
+        let clone = shared.clone();
+        assert!(!shared.is_unreachable());
+        drop(clone);
     }
 }

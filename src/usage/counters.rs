@@ -1,0 +1,469 @@
+//! The counters a request touches, and the per-minute history ring.
+//!
+//! [`Counters`] is one cache line of atomics. An in-memory store keeps one
+//! inline in every entry ([`StoredKey`](crate::store::StoredKey)), right
+//! after the line a verification reads, so counting a request costs no
+//! memory access beyond the verification's own; any other key's counts go
+//! to a block of the tracker's. What is touched less than once a request —
+//! rejections, what reached the store, the finished minutes — lives in the
+//! tracker's per-key record, not here.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::{pack, unpack, RateLimitStatus};
+use crate::record::RateLimit;
+
+/// What counting one successful request found.
+pub(crate) struct Counted {
+    /// Requests in the current minute so far, this one included (`None`
+    /// when no history is kept, or the request is older than the minute
+    /// being counted).
+    pub(crate) in_minute: Option<u32>,
+    /// A minute this request closed, with its count: to be filed in the
+    /// history ring.
+    pub(crate) finished: Option<(u32, u32)>,
+    /// The client address differs from the last one.
+    pub(crate) new_ip: bool,
+}
+
+/// One cache line of counters: successful requests, the last use and its
+/// address, the minute being counted, the rate-limit window and the spike
+/// threshold of the current minute.
+#[derive(Default)]
+#[repr(C)]
+pub(crate) struct Counters {
+    requests: AtomicU64,
+    last_used_ms: AtomicU64,
+    /// (epoch minute being counted, `requests` when it began, mod 2^32):
+    /// the minute's count is how far `requests` has moved since, so a
+    /// request costs one atomic increment, not two.
+    current: AtomicU64,
+    /// (window index, requests let in) of the rate-limit window.
+    window: AtomicU64,
+    /// (epoch minute, spike threshold for that minute).
+    spike: AtomicU64,
+    last_ip: IpCell,
+}
+
+impl Counters {
+    /// Successful requests counted here.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The latest success, in milliseconds since the Unix epoch (0: none).
+    pub(crate) fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_ip(&self) -> Option<IpAddr> {
+        self.last_ip.load()
+    }
+
+    /// Counts a successful request at `now_ms` from `ip`.
+    pub(crate) fn count(&self, now_ms: u64, ip: Option<IpAddr>, keep_minutes: bool) -> Counted {
+        // The one read-modify-write: on x86 every one of them waits for the
+        // memory accesses before it, so one is all a request pays for.
+        let before = self.requests.fetch_add(1, Ordering::Relaxed);
+        // A plain store, not a locked read-modify-write: two requests in
+        // the same instant may leave either time, both correct.
+        if self.last_used_ms.load(Ordering::Relaxed) < now_ms {
+            self.last_used_ms.store(now_ms, Ordering::Relaxed);
+        }
+        let new_ip = match ip {
+            Some(ip) if self.last_ip.load() != Some(ip) => {
+                self.last_ip.store(ip);
+                true
+            }
+            _ => false,
+        };
+        let (in_minute, finished) = if keep_minutes {
+            self.count_minute((now_ms / 60_000) as u32, before)
+        } else {
+            (None, None)
+        };
+        Counted {
+            in_minute,
+            finished,
+            new_ip,
+        }
+    }
+
+    /// Places request number `before + 1` in `minute`: returns the minute's
+    /// count so far and, if this request began the minute, the minute it
+    /// closed with that minute's count. Around a minute boundary, racing
+    /// requests may land one minute off; the totals are exact regardless.
+    fn count_minute(&self, minute: u32, before: u64) -> (Option<u32>, Option<(u32, u32)>) {
+        let mine = before as u32; // mod 2^32, like the word
+        let mut current = self.current.load(Ordering::Relaxed);
+        loop {
+            let (at, start) = unpack(current);
+            match at.cmp(&minute) {
+                std::cmp::Ordering::Equal => {
+                    return (Some(mine.wrapping_sub(start).wrapping_add(1)), None);
+                }
+                // A request stamped before the minute being counted (a clock
+                // step back, or a slow thread): in the totals, not the history.
+                std::cmp::Ordering::Greater => return (None, None),
+                std::cmp::Ordering::Less => {}
+            }
+            match self.current.compare_exchange_weak(
+                current,
+                pack(minute, mine),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    let count = mine.wrapping_sub(start);
+                    let finished = (at != 0 && count > 0).then_some((at, count));
+                    return (Some(1), finished);
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Requests counted here in `minute`, if it is the one being counted.
+    pub(crate) fn in_minute(&self, minute: u32) -> u32 {
+        let (at, count) = self.current_minute();
+        if at == minute {
+            count
+        } else {
+            0
+        }
+    }
+
+    /// The minute being counted and its count so far.
+    pub(crate) fn current_minute(&self) -> (u32, u32) {
+        let (at, start) = unpack(self.current.load(Ordering::Acquire));
+        let requests = self.requests.load(Ordering::Relaxed) as u32;
+        (at, requests.wrapping_sub(start))
+    }
+
+    /// The spike threshold set for `minute`, if one was.
+    pub(crate) fn spike_threshold(&self, minute: u32) -> Option<u32> {
+        let (at, threshold) = unpack(self.spike.load(Ordering::Relaxed));
+        (at == minute && threshold > 0).then_some(threshold)
+    }
+
+    pub(crate) fn set_spike_threshold(&self, minute: u32, threshold: u32) {
+        self.spike
+            .store(pack(minute, threshold.max(1)), Ordering::Relaxed);
+    }
+
+    /// Lets a request into the rate-limit window or says how long to wait.
+    /// A refused request does not use up quota.
+    pub(crate) fn take(&self, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
+        let window_ms = limit.window_ms().max(1);
+        let index = now_ms / window_ms;
+        let reset = Duration::from_millis((index + 1) * window_ms - now_ms);
+        let index = index as u32;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (at, used) = unpack(current);
+            let used = if at == index { used } else { 0 };
+            if used >= limit.requests() {
+                return Err(reset);
+            }
+            match self.window.compare_exchange_weak(
+                current,
+                pack(index, used + 1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(RateLimitStatus {
+                        limit: limit.requests(),
+                        remaining: limit.requests() - used - 1,
+                        reset,
+                    })
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Adds what `other` counted into this block (`other` is no longer
+    /// written to).
+    pub(crate) fn absorb(&self, other: &Counters) {
+        self.requests.fetch_add(other.requests(), Ordering::Relaxed);
+        let last = other.last_used_ms();
+        if last > self.last_used_ms.fetch_max(last, Ordering::Relaxed) {
+            if let Some(ip) = other.last_ip() {
+                self.last_ip.store(ip);
+            }
+        }
+    }
+
+    /// Back to a block that has counted nothing (nobody may be counting in it).
+    pub(crate) fn reset(&self) {
+        for word in [
+            &self.requests,
+            &self.last_used_ms,
+            &self.current,
+            &self.window,
+            &self.spike,
+            &self.last_ip.seq,
+            &self.last_ip.high,
+            &self.last_ip.low,
+        ] {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The last client address, written without locks: a sequence lock over
+/// atomics. A writer that finds another writing skips its write (the other
+/// address is just as recent); readers retry until they see a whole value.
+#[derive(Default)]
+struct IpCell {
+    seq: AtomicU64,
+    high: AtomicU64,
+    low: AtomicU64,
+}
+
+impl IpCell {
+    fn store(&self, ip: IpAddr) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq % 2 == 1
+            || self
+                .seq
+                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        let bits = match ip {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        self.high.store((bits >> 64) as u64, Ordering::Relaxed);
+        self.low.store(bits as u64, Ordering::Relaxed);
+        self.seq.store(seq + 2, Ordering::Release);
+    }
+
+    fn load(&self) -> Option<IpAddr> {
+        for _ in 0..64 {
+            let before = self.seq.load(Ordering::Acquire);
+            if before == 0 {
+                return None;
+            }
+            let high = self.high.load(Ordering::Relaxed);
+            let low = self.low.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            let after = self.seq.load(Ordering::Relaxed);
+            if before == after && before % 2 == 0 {
+                let v6 = Ipv6Addr::from((u128::from(high) << 64) | u128::from(low));
+                return Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+}
+
+/// A ring of per-minute counts, allocated an hour (480 bytes) at a time
+/// when a minute of that hour is first filed: a key used for a few minutes
+/// costs one hour of history, not a day's 11.5 KB. Each slot holds
+/// (epoch minute, count).
+pub(crate) struct Minutes {
+    len: usize,
+    hours: Box<[OnceLock<Box<[AtomicU64]>>]>,
+}
+
+impl Minutes {
+    pub(crate) fn new(len: usize) -> Minutes {
+        Minutes {
+            hours: (0..len.div_ceil(60)).map(|_| OnceLock::new()).collect(),
+            len,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn position(&self, minute: u32) -> Option<(usize, usize)> {
+        let index = (minute as usize).checked_rem(self.len)?;
+        Some((index / 60, index % 60))
+    }
+
+    /// Adds `count` requests to `minute`, allocating its hour if needed.
+    /// Several blocks may count one key (see the tracker), so filing adds:
+    /// a slot still holding an older minute is taken over, one holding a
+    /// newer minute is left alone.
+    pub(crate) fn file(&self, minute: u32, count: u32) {
+        let Some((hour, at)) = self.position(minute) else {
+            return;
+        };
+        let Some(slot) = self.hours.get(hour).and_then(|hour| {
+            hour.get_or_init(|| (0..60).map(|_| AtomicU64::new(0)).collect())
+                .get(at)
+        }) else {
+            return;
+        };
+        let mut current = slot.load(Ordering::Relaxed);
+        loop {
+            let (held, so_far) = unpack(current);
+            let next = match held.cmp(&minute) {
+                std::cmp::Ordering::Equal => pack(minute, so_far.saturating_add(count)),
+                std::cmp::Ordering::Less => pack(minute, count),
+                std::cmp::Ordering::Greater => return,
+            };
+            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Requests filed for `minute`, if the ring still holds it (reading
+    /// allocates nothing).
+    pub(crate) fn count(&self, minute: u32) -> u32 {
+        let Some((hour, at)) = self.position(minute) else {
+            return 0;
+        };
+        let Some(slot) = self
+            .hours
+            .get(hour)
+            .and_then(|hour| hour.get())
+            .and_then(|hour| hour.get(at))
+        else {
+            return 0;
+        };
+        let (held, count) = unpack(slot.load(Ordering::Relaxed));
+        if held == minute {
+            count
+        } else {
+            0
+        }
+    }
+
+    #[cfg(test)]
+    fn allocated_hours(&self) -> usize {
+        self.hours.iter().filter(|h| h.get().is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_block_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Counters>(), 64);
+    }
+
+    #[test]
+    fn ip_cell_round_trips() {
+        let cell = IpCell::default();
+        assert_eq!(cell.load(), None);
+        for ip in ["203.0.113.9", "2001:db8::1", "::1", "0.0.0.0"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            cell.store(ip);
+            assert_eq!(cell.load(), Some(ip));
+        }
+    }
+
+    #[test]
+    fn counting_reports_new_addresses_and_closed_minutes() {
+        let c = Counters::default();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let first = c.count(60_000 * 100, ip("203.0.113.1"), true);
+        assert!(first.new_ip);
+        assert_eq!(first.in_minute, Some(1));
+        assert_eq!(first.finished, None, "no minute before it");
+        let again = c.count(60_000 * 100 + 5, ip("203.0.113.1"), true);
+        assert!(!again.new_ip, "the same address is not new");
+        assert_eq!(again.in_minute, Some(2));
+        let next = c.count(60_000 * 101, ip("203.0.113.2"), true);
+        assert!(next.new_ip);
+        assert_eq!(next.finished, Some((100, 2)));
+        assert_eq!(next.in_minute, Some(1));
+        let late = c.count(60_000 * 100 + 9, None, true);
+        assert_eq!(late.in_minute, None, "older than the minute being counted");
+        assert_eq!(c.requests(), 4, "late requests still count");
+        assert_eq!(c.last_used_ms(), 60_000 * 101);
+        assert_eq!(c.last_ip(), ip("203.0.113.2"));
+        let untracked = c.count(60_000 * 200, None, false);
+        assert_eq!((untracked.in_minute, untracked.finished), (None, None));
+        c.reset();
+        assert_eq!((c.requests(), c.last_used_ms(), c.last_ip()), (0, 0, None));
+        assert_eq!(c.current_minute(), (0, 0));
+    }
+
+    #[test]
+    fn windows_are_exact_and_refusals_take_no_quota() {
+        let counters = Counters::default();
+        let limit = RateLimit::new(3, Duration::from_secs(10));
+        let start = 1_000_000_000u64; // on a 10 s boundary
+        for remaining in [2, 1, 0] {
+            assert_eq!(
+                counters.take(limit, start + 1).unwrap().remaining,
+                remaining
+            );
+        }
+        for _ in 0..5 {
+            assert_eq!(
+                counters.take(limit, start + 2_500),
+                Err(Duration::from_millis(7_500))
+            );
+        }
+        let next = counters.take(limit, start + 10_000).unwrap();
+        assert_eq!(next.remaining, 2, "the window rolled over");
+        assert_eq!(next.reset, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn absorbing_adds_counts_and_keeps_the_latest_use() {
+        let (a, b) = (Counters::default(), Counters::default());
+        a.count(1_000, "203.0.113.1".parse().ok(), false);
+        b.count(2_000, "203.0.113.2".parse().ok(), false);
+        b.count(2_000, None, false);
+        a.absorb(&b);
+        assert_eq!(a.requests(), 3);
+        assert_eq!(a.last_used_ms(), 2_000);
+        assert_eq!(a.last_ip(), "203.0.113.2".parse().ok());
+    }
+
+    #[test]
+    fn the_ring_adds_and_rolls_over() {
+        let ring = Minutes::new(3);
+        assert_eq!(ring.count(100), 0);
+        ring.file(100, 2);
+        ring.file(100, 3);
+        assert_eq!(ring.count(100), 5, "filing the same minute twice adds");
+        ring.file(103, 1);
+        assert_eq!(ring.count(103), 1);
+        assert_eq!(ring.count(100), 0, "overwritten: a ring of three minutes");
+        ring.file(100, 7);
+        assert_eq!(
+            ring.count(103),
+            1,
+            "an older minute never replaces a newer one"
+        );
+        let none = Minutes::new(0);
+        none.file(5, 1);
+        assert_eq!(none.count(5), 0, "no history kept");
+    }
+
+    #[test]
+    fn history_is_allocated_an_hour_at_a_time() {
+        let minutes = Minutes::new(24 * 60);
+        assert_eq!(minutes.allocated_hours(), 0);
+        assert_eq!(minutes.count(1_000), 0);
+        assert_eq!(minutes.allocated_hours(), 0, "reading allocates nothing");
+        minutes.file(1_000, 1);
+        minutes.file(1_001, 1);
+        assert_eq!(minutes.allocated_hours(), 1);
+        let odd = Minutes::new(90);
+        assert_eq!(odd.hours.len(), 2);
+        odd.file(89, 1);
+        odd.file(90, 1);
+        assert_eq!((odd.count(89), odd.count(90)), (1, 1));
+    }
+}

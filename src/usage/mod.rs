@@ -1,0 +1,345 @@
+//! Usage monitoring and per-key rate limits, kept by the [`KeyManager`](crate::KeyManager).
+//!
+//! Each key is counted: successful requests, rejections by reason, the last
+//! use and its client address, a per-minute history, and the state of its
+//! rate-limit window. Counting on the request path is lock-free and
+//! allocates nothing after a key's first use. For a store that keeps keys in
+//! memory ([`StoredKey`](crate::store::StoredKey)s, such as `MemoryStore`'s)
+//! the counters a request touches are part of the key's entry, on the cache
+//! line after the one verification reads: counting costs one atomic
+//! increment and a few plain loads and stores, and no lookup. Any other
+//! store's keys are counted in a block of the manager's, found by a
+//! lock-free map lookup. What is touched less than once a request — the
+//! rejections, the finished minutes (allocated an hour at a time), what
+//! reached the store — is kept only for keys that are used.
+//!
+//! Counts reach the store in batches ([`KeyStore::record_usage`]): by
+//! [`KeyManager::flush_usage`](crate::KeyManager::flush_usage), by the
+//! background task [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task)
+//! starts, and by that task's [`shutdown`](UsageTask::shutdown). A batch the
+//! store refuses is not lost: its counts stay pending and go with the next
+//! one. (A batch the store applied but whose answer was lost — a timeout —
+//! is sent again: counts are at least once, not exactly once.)
+//!
+//! [`KeyStore::record_usage`]: crate::KeyStore::record_usage
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::record::KeyId;
+use crate::store::Rejections;
+
+mod counters;
+mod tracker;
+
+pub(crate) use counters::Counters;
+pub(crate) use tracker::{Claim, Subject, Tracker};
+
+/// How usage is monitored. The default keeps 24 hours of per-minute history
+/// and calls a key's minute a spike above 5 times its trailing hourly
+/// average, and never below 60 requests a minute.
+#[derive(Clone)]
+pub struct UsageConfig {
+    pub(crate) enabled: bool,
+    pub(crate) history_minutes: usize,
+    pub(crate) spike_multiple: f64,
+    pub(crate) spike_floor: u32,
+    pub(crate) trailing_minutes: usize,
+    pub(crate) observer: Option<Arc<dyn UsageObserver>>,
+}
+
+impl Default for UsageConfig {
+    fn default() -> UsageConfig {
+        UsageConfig {
+            enabled: true,
+            history_minutes: 24 * 60,
+            spike_multiple: 5.0,
+            spike_floor: 60,
+            trailing_minutes: 60,
+            observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for UsageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageConfig")
+            .field("enabled", &self.enabled)
+            .field("history_minutes", &self.history_minutes)
+            .field("spike_multiple", &self.spike_multiple)
+            .field("spike_floor", &self.spike_floor)
+            .field("trailing_minutes", &self.trailing_minutes)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl UsageConfig {
+    /// The defaults (see [`UsageConfig`]).
+    pub fn new() -> UsageConfig {
+        UsageConfig::default()
+    }
+
+    /// Turns counting off. Rate limits are still enforced.
+    pub fn disabled() -> UsageConfig {
+        UsageConfig {
+            enabled: false,
+            ..UsageConfig::default()
+        }
+    }
+
+    /// How much per-minute history each used key keeps (1 minute to 7 days).
+    /// It costs 8 bytes a minute, allocated an hour (480 bytes) at a time
+    /// when a key is used in that hour: at most about 11.5 KB per key for
+    /// 24 hours, for keys used around the clock.
+    pub fn history(mut self, span: Duration) -> UsageConfig {
+        self.history_minutes = (span.as_secs() / 60).clamp(1, 7 * 24 * 60) as usize;
+        self
+    }
+
+    /// A minute is a spike when its requests reach `multiple` times the
+    /// average of the previous `trailing` minutes, and at least `floor`
+    /// (so a key going from 1 to 5 requests a minute is not a spike).
+    pub fn spike(mut self, multiple: f64, floor: u32, trailing: Duration) -> UsageConfig {
+        self.spike_multiple = if multiple.is_finite() {
+            multiple.max(1.0)
+        } else {
+            5.0
+        };
+        self.spike_floor = floor.max(2);
+        self.trailing_minutes = (trailing.as_secs() / 60).clamp(1, 24 * 60) as usize;
+        self
+    }
+
+    /// Tells `observer` of spikes and of keys used from a new address.
+    /// Events are delivered by the task
+    /// [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task)
+    /// starts, never on the request path; when the observer falls behind,
+    /// events are dropped (and counted) rather than slowing requests.
+    pub fn observer(mut self, observer: impl UsageObserver) -> UsageConfig {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+}
+
+/// Told of unusual usage: the seed's advice is that unexpected spikes point
+/// to bugs, unauthorized use or a breach.
+///
+/// ```
+/// use tm_auth::usage::{NewIp, Spike, UsageObserver};
+///
+/// struct Alerts;
+/// impl UsageObserver for Alerts {
+///     fn on_spike(&self, spike: &Spike) {
+///         eprintln!("key {} made {} requests this minute", spike.id, spike.requests);
+///     }
+///     fn on_new_ip(&self, event: &NewIp) {
+///         eprintln!("key {} used from {} for the first time", event.id, event.ip);
+///     }
+/// }
+/// ```
+pub trait UsageObserver: Send + Sync + 'static {
+    /// A key's requests in the current minute reached the spike threshold
+    /// (told once per key and minute).
+    fn on_spike(&self, spike: &Spike) {
+        let _ = spike;
+    }
+
+    /// A key was used from an address it had not been used from before (in
+    /// this process; the first use counts, and up to 1 024 addresses are
+    /// remembered per key).
+    fn on_new_ip(&self, event: &NewIp) {
+        let _ = event;
+    }
+}
+
+/// A minute in which a key's requests reached its spike threshold.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Spike {
+    /// The key.
+    pub id: KeyId,
+    /// The start of the minute.
+    pub minute: SystemTime,
+    /// Requests so far in that minute (the threshold, when told).
+    pub requests: u64,
+    /// The average requests per minute over the trailing minutes.
+    pub trailing_average: f64,
+}
+
+/// A key used from an address it had not been used from before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewIp {
+    /// The key.
+    pub id: KeyId,
+    /// The client address.
+    pub ip: IpAddr,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// One minute of a key's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MinuteUsage {
+    /// The start of the minute.
+    pub start: SystemTime,
+    /// Successful requests in it.
+    pub requests: u64,
+}
+
+/// A key's usage: what the store holds plus what this process has counted
+/// and not flushed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyUsage {
+    /// Successful requests.
+    pub requests: u64,
+    /// Rejected requests of this key, all reasons together.
+    pub rejected: u64,
+    /// The same, by reason.
+    pub rejections: Rejections,
+    /// The latest successful use.
+    pub last_used_at: Option<SystemTime>,
+    /// The client address of that use, if it was known.
+    pub last_used_ip: Option<IpAddr>,
+    /// Successful requests per minute, oldest first, over the configured
+    /// history (counted by this process; minutes with none are included).
+    pub per_minute: Vec<MinuteUsage>,
+}
+
+/// One key's counters as this process has counted them since it started:
+/// what [`KeyManager::usage_snapshot`](crate::KeyManager::usage_snapshot)
+/// returns, for exporting to a metrics system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UsageSample {
+    /// The key.
+    pub id: KeyId,
+    /// Successful requests.
+    pub requests: u64,
+    /// Rejections by reason.
+    pub rejections: Rejections,
+    /// The latest successful use.
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// Where a key stands in its rate-limit window after a request was let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitStatus {
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// Requests left in the current window.
+    pub remaining: u32,
+    /// Time until the window ends.
+    pub reset: Duration,
+}
+
+/// Why a real key's request was refused, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The order of `Rejections::from_counts`.
+pub(crate) enum Rejection {
+    Revoked = 0,
+    Expired = 1,
+    WrongEnvironment = 2,
+    IpNotAllowed = 3,
+    RateLimited = 4,
+}
+
+fn millis(at: SystemTime) -> u64 {
+    // Seconds and the sub-second part apart: `Duration::as_millis` divides
+    // a u128, which costs more than the rest of counting a request.
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs()
+            .saturating_mul(1_000)
+            .saturating_add(u64::from(d.subsec_millis()))
+    })
+}
+
+fn time_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn pack(high: u32, low: u32) -> u64 {
+    (u64::from(high) << 32) | u64::from(low)
+}
+
+fn unpack(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+/// An event for the observer, sent from the request path.
+pub(crate) enum Event {
+    Spike(Spike),
+    NewIp(NewIp),
+}
+
+/// Delivers events to the observer, remembering each key's addresses.
+pub(crate) struct Dispatcher {
+    observer: Arc<dyn UsageObserver>,
+    seen: std::collections::HashMap<KeyId, std::collections::HashSet<IpAddr>>,
+}
+
+/// Most addresses remembered per key for new-address events.
+const SEEN_PER_KEY: usize = 1024;
+
+impl Dispatcher {
+    pub(crate) fn new(observer: Arc<dyn UsageObserver>) -> Dispatcher {
+        Dispatcher {
+            observer,
+            seen: std::collections::HashMap::new(),
+        }
+    }
+
+    pub(crate) fn deliver(&mut self, event: Event) {
+        match event {
+            Event::Spike(spike) => self.observer.on_spike(&spike),
+            Event::NewIp(new_ip) => {
+                let seen = self.seen.entry(new_ip.id).or_default();
+                if seen.contains(&new_ip.ip) {
+                    return;
+                }
+                if seen.len() < SEEN_PER_KEY {
+                    seen.insert(new_ip.ip);
+                }
+                self.observer.on_new_ip(&new_ip);
+            }
+        }
+    }
+}
+
+/// [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task) was
+/// called outside a Tokio runtime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "spawn_usage_task needs a Tokio runtime: call it inside #[tokio::main] or a runtime's context"
+)]
+pub struct NoRuntime;
+
+/// The background task [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task)
+/// starts: it flushes counts every interval and delivers observer events.
+/// Call [`shutdown`](UsageTask::shutdown) when the server stops, so pending
+/// counts reach the store.
+#[derive(Debug)]
+pub struct UsageTask {
+    pub(crate) stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) handle: tokio::task::JoinHandle<Result<usize, crate::ManagerError>>,
+}
+
+impl UsageTask {
+    /// Stops the task after a last flush, and returns that flush's result:
+    /// how many keys' counts were written.
+    pub async fn shutdown(mut self) -> Result<usize, crate::ManagerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.handle).await {
+            Ok(result) => result,
+            Err(err) => Err(crate::ManagerError::Store(crate::StoreError::backend(err))),
+        }
+    }
+}
