@@ -722,7 +722,9 @@ impl Slab {
 /// One of several owners of a slab. A handle given out with every key
 /// reference means one reference count per handle, not one for the slab:
 /// with a handle per thread, verifications on two cores do not fight over
-/// one cache line for the count.
+/// one cache line for the count. Aligned so that no two handles' counts
+/// share a line (or a pair of lines, which some processors fetch together).
+#[repr(align(128))]
 pub(crate) struct SlabHandle {
     slab: Arc<Slab>,
 }
@@ -945,6 +947,8 @@ mod tests {
             last = slab.push(&record(), Arc::from("acct"));
         }
         let handles = SlabHandles::new(&slab);
+        // No two threads' handles share a cache line (or a fetched pair).
+        assert_eq!(std::mem::align_of::<SlabHandle>(), 128);
         let here = handles.pick().entry(last);
         let id = here.id();
         assert_eq!(slab.entry(last).id(), id);
