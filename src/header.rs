@@ -13,6 +13,7 @@ use http::header::{HeaderMap, AUTHORIZATION};
 use http::Uri;
 
 use crate::error::{AuthError, MisplacedKey};
+use crate::key::{KeyHash, TmKey};
 
 /// Longest `Authorization` value considered, in bytes.
 pub const MAX_HEADER_LEN: usize = 1024;
@@ -238,12 +239,33 @@ fn parse_bearer_by_the_rules(value: &[u8]) -> Result<&str, HeaderError> {
     Ok(token)
 }
 
-/// The bearer token of a request, or why there is none.
+/// The hash of the key a request carries, or why it carries none: the
+/// header rules, then the key's format, as [`bearer_token`] and
+/// [`TmKey::parse`](crate::TmKey::parse) apply them.
 ///
-/// With no `Authorization` header the error is
-/// [`AuthError::MissingApiKey`], noting whether the key was sent somewhere
-/// it is never accepted (an `X-API-Key`-style header, the query string).
-pub fn bearer_token<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a str, AuthError> {
+/// Nearly every request sends exactly `Bearer <a well-formed key>`; that
+/// value is checked as a key at once, which also proves it passes every
+/// header rule (a key is 40 letters, digits and `_`). Anything else —
+/// including a key that fails its checks — is read by the full rules, so
+/// the answer, and its diagnosis, is the same either way (a property test
+/// holds the two to that).
+pub(crate) fn key_hash(headers: &HeaderMap, uri: &Uri) -> Result<KeyHash, AuthError> {
+    let value = authorization(headers, uri)?;
+    if let Some(hash) = value
+        .strip_prefix(b"Bearer ")
+        .and_then(|token| TmKey::hash_of_bytes(token).ok())
+    {
+        return Ok(hash);
+    }
+    if value.len() > MAX_HEADER_LEN {
+        return Err(HeaderError::TooLong.into());
+    }
+    let token = parse_bearer(value)?;
+    Ok(TmKey::hash_of(token)?)
+}
+
+/// The one `Authorization` value of a request, or why there is not one.
+fn authorization<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a [u8], AuthError> {
     let mut lines = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = lines.next() else {
         return Err(AuthError::MissingApiKey {
@@ -253,7 +275,16 @@ pub fn bearer_token<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a str, Au
     if lines.next().is_some() {
         return Err(HeaderError::MultipleHeaders.into());
     }
-    Ok(parse_bearer(value.as_bytes())?)
+    Ok(value.as_bytes())
+}
+
+/// The bearer token of a request, or why there is none.
+///
+/// With no `Authorization` header the error is
+/// [`AuthError::MissingApiKey`], noting whether the key was sent somewhere
+/// it is never accepted (an `X-API-Key`-style header, the query string).
+pub fn bearer_token<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a str, AuthError> {
+    Ok(parse_bearer(authorization(headers, uri)?)?)
 }
 
 fn misplaced_key(headers: &HeaderMap, uri: &Uri) -> Option<MisplacedKey> {
@@ -291,6 +322,33 @@ mod tests {
     use proptest::prelude::*;
 
     const KEY: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG";
+
+    #[test]
+    fn the_usual_form_and_the_unusual_ones_give_the_same_hash() {
+        let uri = Uri::from_static("/");
+        let expected = TmKey::parse(KEY).unwrap().hash();
+        for value in [
+            format!("Bearer {KEY}"),
+            format!("bearer {KEY}"),
+            format!("  Bearer   {KEY} "),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(key_hash(&headers, &uri).unwrap(), expected, "{value}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, format!("Bearer {KEY}x").parse().unwrap());
+        assert!(matches!(
+            key_hash(&headers, &uri),
+            Err(AuthError::MalformedHeader(HeaderError::ExtraWord))
+                | Err(AuthError::InvalidFormat(_))
+        ));
+        headers.append(AUTHORIZATION, format!("Bearer {KEY}").parse().unwrap());
+        assert!(matches!(
+            key_hash(&headers, &uri),
+            Err(AuthError::MalformedHeader(HeaderError::MultipleHeaders))
+        ));
+    }
 
     #[test]
     fn accepts_the_bearer_form() {
@@ -416,6 +474,33 @@ mod tests {
             if let Ok(token) = parse_bearer(&value) {
                 prop_assert!(!token.is_empty());
                 prop_assert!(token.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+
+        #[test]
+        fn a_key_checked_first_gets_the_answer_of_the_full_rules(
+            scheme in "Bearer |bearer |Bearer  | Bearer |Bearer\\t|Basic |",
+            key in "tm_(live|test)_[0-9A-Za-z]{26}(0ODsrG|[0-9A-Za-z]{6})|tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG|[ -~]{0,45}",
+            tail in "| |x| tm_live_|\"",
+            twice in any::<bool>(),
+        ) {
+            let value = format!("{scheme}{key}{tail}");
+            let Ok(header) = http::HeaderValue::from_str(&value) else {
+                return Ok(());
+            };
+            let mut headers = HeaderMap::new();
+            headers.append(AUTHORIZATION, header.clone());
+            if twice {
+                headers.append(AUTHORIZATION, header);
+            }
+            let uri = Uri::from_static("/");
+            let by_the_rules = bearer_token(&headers, &uri)
+                .and_then(|token| Ok(TmKey::parse(token)?.hash()));
+            let answer = key_hash(&headers, &uri);
+            match (&answer, &by_the_rules) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(format!("{a:?}"), format!("{b:?}")),
+                _ => prop_assert!(false, "{answer:?} against {by_the_rules:?} for {value:?}"),
             }
         }
 

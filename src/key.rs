@@ -170,8 +170,7 @@ fn checksum_chars(checksummed: &[u8]) -> [u8; CHECKSUM_LEN] {
 
 /// Checks `secret` as a key — prefix, length, characters, checksum, in that
 /// order — and returns its bytes.
-fn check_format(secret: &str) -> Result<&[u8; KEY_LEN], KeyFormatError> {
-    let input = secret.as_bytes();
+fn check_format(input: &[u8]) -> Result<&[u8; KEY_LEN], KeyFormatError> {
     Environment::from_prefix(input).ok_or(KeyFormatError::UnknownPrefix)?;
     let bytes: &[u8; KEY_LEN] = input.try_into().map_err(|_| KeyFormatError::Length {
         expected: KEY_LEN,
@@ -280,7 +279,7 @@ impl TmKey {
     /// order. Allocates nothing; the error never contains the input.
     pub fn parse(secret: &str) -> Result<TmKey, KeyFormatError> {
         Ok(TmKey {
-            bytes: *check_format(secret)?,
+            bytes: *check_format(secret.as_bytes())?,
         })
     }
 
@@ -288,6 +287,11 @@ impl TmKey {
     /// `TmKey::parse(secret)?.hash()` would give, without copying the
     /// secret into a `TmKey` first: verification needs nothing else of it.
     pub(crate) fn hash_of(secret: &str) -> Result<KeyHash, KeyFormatError> {
+        TmKey::hash_of_bytes(secret.as_bytes())
+    }
+
+    /// [`hash_of`](TmKey::hash_of) for bytes that may not be text at all.
+    pub(crate) fn hash_of_bytes(secret: &[u8]) -> Result<KeyHash, KeyFormatError> {
         Ok(KeyHash(Sha256::digest(check_format(secret)?).into()))
     }
 

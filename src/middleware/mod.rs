@@ -15,8 +15,8 @@ use ipnetwork::IpNetwork;
 use tower::{Layer, Service};
 
 use crate::error::AuthError;
-use crate::header::bearer_token;
-use crate::key::{Environment, TmKey};
+use crate::header::key_hash;
+use crate::key::Environment;
 use crate::manager::{KeyManager, VerifyOptions};
 use crate::usage::RateLimitStatus;
 
@@ -250,11 +250,8 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Header and format errors are answered here, before any store call
         // or allocation for the verification.
-        let hash = match bearer_token(request.headers(), request.uri()) {
-            Ok(token) => match TmKey::hash_of(token) {
-                Ok(hash) => hash,
-                Err(err) => return self.reject(err.into(), request),
-            },
+        let hash = match key_hash(request.headers(), request.uri()) {
+            Ok(hash) => hash,
             Err(err) => return self.reject(err, request),
         };
         let mut options = VerifyOptions::new().client_ip(self.client_ip(&request));
@@ -394,6 +391,8 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
 mod tests {
     use std::convert::Infallible;
     use std::task::Waker;
+
+    use crate::key::TmKey;
 
     use async_trait::async_trait;
     use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
