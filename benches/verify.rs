@@ -115,6 +115,13 @@ fn keys(c: &mut Criterion) {
         b.iter(|| TmKey::parse(black_box(WRONG_LENGTH)))
     });
     group.finish();
+    // What counting usage adds with the system clock on top of the
+    // `lookup` figures, whose manager reads a test clock: one read of the
+    // wall clock per verification (a verification with counting off reads
+    // none, unless its key expires or has a rate limit).
+    c.bench_function("clock/system_now", |b| {
+        b.iter(|| tm_auth::clock::Clock::now(&tm_auth::clock::SystemClock))
+    });
 }
 
 fn lookups(c: &mut Criterion) {

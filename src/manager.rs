@@ -262,9 +262,14 @@ impl fmt::Debug for KeyManager {
 impl KeyManager {
     /// A manager over `store`, with the system clock.
     pub fn new(store: impl KeyStore) -> KeyManager {
-        // An `Arc<dyn KeyStore>` gets wrapped once more: one pointer hop per
-        // call, nothing next to the boxed future async-trait allocates.
-        let store: Arc<dyn KeyStore> = Arc::new(store);
+        // A store given as `Arc<dyn KeyStore>` is shared as it is, not
+        // wrapped once more (which would cost every call a second dynamic
+        // dispatch and pointer hop).
+        let any: &dyn std::any::Any = &store;
+        let store: Arc<dyn KeyStore> = match any.downcast_ref::<Arc<dyn KeyStore>>() {
+            Some(shared) => Arc::clone(shared),
+            None => Arc::new(store),
+        };
         KeyManager {
             inner: Arc::new(Inner {
                 store,

@@ -530,3 +530,14 @@ async fn a_flood_of_garbage_and_unknown_keys_writes_nothing_and_keeps_nothing() 
         .unwrap();
     assert_eq!(manager.usage_snapshot().len(), 1);
 }
+
+#[test]
+fn a_store_given_as_a_trait_object_is_shared_not_wrapped_again() {
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+    let manager = KeyManager::new(Arc::clone(&store));
+    assert!(Arc::ptr_eq(manager.store(), &store));
+    let again = KeyManager::new(Arc::clone(manager.store()));
+    assert!(Arc::ptr_eq(again.store(), &store));
+    let owned = KeyManager::new(MemoryStore::new());
+    assert!(!Arc::ptr_eq(owned.store(), &store));
+}
