@@ -49,8 +49,9 @@ struct Shared {
     offset: AtomicI64,
 }
 
-/// `to - from` in nanoseconds, saturating.
-fn nanos_between(from: SystemTime, to: SystemTime) -> i64 {
+/// `to - from` in nanoseconds, saturating at the ends of `i64` (about 292
+/// years either way).
+pub(crate) fn nanos_between(from: SystemTime, to: SystemTime) -> i64 {
     match to.duration_since(from) {
         Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
         Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
@@ -86,17 +87,21 @@ impl ManualClock {
     }
 }
 
+/// `base` moved by `ns` nanoseconds, or `base` itself if the system cannot
+/// represent that time.
+pub(crate) fn moved_by(base: SystemTime, ns: i64) -> SystemTime {
+    let by = Duration::from_nanos(ns.unsigned_abs());
+    let at = if ns >= 0 {
+        base.checked_add(by)
+    } else {
+        base.checked_sub(by)
+    };
+    at.unwrap_or(base)
+}
+
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        let offset = self.shared.offset.load(Ordering::SeqCst);
-        let start = self.shared.start;
-        let moved = Duration::from_nanos(offset.unsigned_abs());
-        let at = if offset >= 0 {
-            start.checked_add(moved)
-        } else {
-            start.checked_sub(moved)
-        };
-        at.unwrap_or(start)
+        moved_by(self.shared.start, self.shared.offset.load(Ordering::SeqCst))
     }
 }
 

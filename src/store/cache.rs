@@ -895,6 +895,12 @@ mod tests {
         }
     }
 
+    async fn use_key(manager: &crate::KeyManager, key: &TmKey, times: usize) {
+        for _ in 0..times {
+            manager.verify_key(key, Default::default()).await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_key_whose_entry_was_dropped_and_filled_again_keeps_every_count() {
         let (cached, _remote) = cache(CacheConfig::new().positive_capacity(1));
@@ -910,38 +916,17 @@ mod tests {
             .unwrap();
         // Warm, counted in the cached entry; then the other key evicts it,
         // and it is read and cached anew: a second entry for one key.
-        for _ in 0..3 {
-            manager
-                .verify_key(&first.key, Default::default())
-                .await
-                .unwrap();
-        }
-        manager
-            .verify_key(&second.key, Default::default())
-            .await
-            .unwrap();
-        for _ in 0..4 {
-            manager
-                .verify_key(&first.key, Default::default())
-                .await
-                .unwrap();
-        }
+        use_key(&manager, &first.key, 3).await;
+        use_key(&manager, &second.key, 1).await;
+        use_key(&manager, &first.key, 4).await;
         let id = first.record.id;
         assert_eq!(manager.usage(&id).await.unwrap().requests, 7);
         // The first entry is gone from the cache: a flush folds its counts
         // into the manager's own, and nothing is lost or counted twice.
-        manager
-            .verify_key(&second.key, Default::default())
-            .await
-            .unwrap();
+        use_key(&manager, &second.key, 1).await;
         assert_eq!(manager.flush_usage().await.unwrap(), 2);
         assert_eq!(manager.usage(&id).await.unwrap().requests, 7);
-        for _ in 0..2 {
-            manager
-                .verify_key(&first.key, Default::default())
-                .await
-                .unwrap();
-        }
+        use_key(&manager, &first.key, 2).await;
         manager.flush_usage().await.unwrap();
         assert_eq!(manager.usage(&id).await.unwrap().requests, 9);
         let sample = manager.usage_snapshot();

@@ -14,12 +14,13 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use ipnetwork::IpNetwork;
 
 use super::StoreUpdate;
+use crate::clock::{moved_by, nanos_between};
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::record::{ip_allowed, KeyId, KeyRecord, RateLimit};
 use crate::usage::{Claim, Counters};
@@ -39,21 +40,11 @@ const TEST_HINT: u32 = 4;
 /// and 2262 and clamped outside them (the two ends are the markers for
 /// "not revoked" and "never expires").
 pub(crate) fn to_nanos(at: SystemTime) -> i64 {
-    let ns = match at.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
-    };
-    ns.clamp(i64::MIN + 1, i64::MAX - 1)
+    nanos_between(UNIX_EPOCH, at).clamp(i64::MIN + 1, i64::MAX - 1)
 }
 
 pub(crate) fn from_nanos(ns: i64) -> SystemTime {
-    let offset = Duration::from_nanos(ns.unsigned_abs());
-    let at = if ns >= 0 {
-        UNIX_EPOCH.checked_add(offset)
-    } else {
-        UNIX_EPOCH.checked_sub(offset)
-    };
-    at.unwrap_or(UNIX_EPOCH)
+    moved_by(UNIX_EPOCH, ns)
 }
 
 /// The part of a key every verification reads: one 128-byte block, the
@@ -783,6 +774,8 @@ fn thread_number() -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::key::TmKey;
 
