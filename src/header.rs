@@ -13,7 +13,7 @@ use http::header::{HeaderMap, AUTHORIZATION};
 use http::Uri;
 
 use crate::error::{AuthError, MisplacedKey};
-use crate::key::{KeyHash, TmKey};
+use crate::key::{KeyFormatError, KeyHash, TmKey};
 
 /// Longest `Authorization` value considered, in bytes.
 pub const MAX_HEADER_LEN: usize = 1024;
@@ -251,16 +251,28 @@ fn parse_bearer_by_the_rules(value: &[u8]) -> Result<&str, HeaderError> {
 /// holds the two to that).
 pub(crate) fn key_hash(headers: &HeaderMap, uri: &Uri) -> Result<KeyHash, AuthError> {
     let value = authorization(headers, uri)?;
-    if let Some(hash) = value
-        .strip_prefix(b"Bearer ")
-        .and_then(|token| TmKey::hash_of_bytes(token).ok())
-    {
-        return Ok(hash);
+    let usual = value.strip_prefix(b"Bearer ");
+    let checked = usual.map(TmKey::hash_of_bytes);
+    match checked {
+        Some(Ok(hash)) => return Ok(hash),
+        // Only the checksum failed: the token is `tm_live_` or `tm_test_`
+        // and 32 base62 characters, which every header rule accepts, so
+        // the full rules would find this token and this error. (A mistyped
+        // key, the usual bad request.)
+        Some(Err(KeyFormatError::Checksum)) => return Err(KeyFormatError::Checksum.into()),
+        _ => {}
     }
     if value.len() > MAX_HEADER_LEN {
         return Err(HeaderError::TooLong.into());
     }
     let token = parse_bearer(value)?;
+    // The same token the key check saw (the usual form, a key that failed
+    // it): its answer stands, and the key is not checked twice.
+    if let (Some(usual), Some(Err(err))) = (usual, checked) {
+        if std::ptr::eq(usual, token.as_bytes()) {
+            return Err(err.into());
+        }
+    }
     Ok(TmKey::hash_of(token)?)
 }
 
