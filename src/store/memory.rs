@@ -1,7 +1,7 @@
 //! The embedded, in-process store.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -30,12 +30,12 @@ use crate::record::{KeyId, KeyRecord};
 /// [`StoredKey`](crate::store::StoredKey)): 128 bytes that a verification
 /// reads and counts usage in, on a 128-byte boundary so the processor
 /// fetches them as one block, and the rest beside them. Two open-addressing
-/// indexes — by hash and by id — have 8-byte slots (part of the hash or id
-/// to filter with, and the key's position). A verification reads a slot,
+/// indexes — by hash and by id — have 4-byte slots (the key's position and
+/// part of the hash or id to filter with). A verification reads a slot,
 /// then the key's 128 bytes, and confirms the full hash there. At a million
-/// keys that is about 260 bytes for each key not used yet, and a
-/// verification costs about what one lookup in a `HashMap` of the hashes
-/// does (BENCHMARKS.md).
+/// keys that is about 250 bytes for each key not used yet, and a
+/// verification costs a little more than one lookup in a `HashMap` of the
+/// hashes does (BENCHMARKS.md).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -52,8 +52,9 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-/// Most keys one store holds: slots keep an entry's position in 32 bits.
-const MAX_KEYS: usize = u32::MAX as usize - 1;
+/// Most keys one store holds: an index slot keeps a position in at most 32
+/// bits, and an index is at most three quarters full.
+const MAX_KEYS: usize = 3 << 30;
 
 struct Inner {
     entries: Arc<Slab>,
@@ -308,20 +309,32 @@ impl MemoryStore {
 
 const MIN_SLOTS: usize = 16;
 
-/// An open-addressing index with linear probing. Each slot holds 32 bits
-/// of the key to filter with and the entry's position plus one (0: empty);
-/// a match is confirmed against the entry. Only the writer inserts; readers
-/// probe concurrently, seeing each slot either empty or whole.
+/// An open-addressing index with linear probing, in 4-byte slots: the
+/// entry's position plus one (0: empty) in as many low bits as this index's
+/// size needs, and as many bits of the key as are left above it, to filter
+/// with. A match is confirmed against the entry. Only the writer inserts;
+/// readers probe concurrently, seeing each slot either empty or whole.
+///
+/// Four bytes, not eight: at a million keys the index is 5 MB instead of
+/// 11, and each lookup's read of it comes from closer (about 50 ns less,
+/// BENCHMARKS.md). What is lost is filter bits — 11 at a million keys, so
+/// about one probed slot in 2 000 is a false match that costs a look at an
+/// entry that is not the one.
 struct Index {
-    slots: Box<[AtomicU64]>,
+    slots: Box<[AtomicU32]>,
+    /// Bits holding a position (plus one); those above hold the filter.
+    position_bits: u32,
 }
 
 impl Index {
     fn with_slots(slots: usize) -> Index {
+        let slots = slots.max(MIN_SLOTS);
+        // Every position this index will hold is below its slot count (it
+        // is rebuilt larger before it is three quarters full).
+        let position_bits = (usize::BITS - slots.leading_zeros()).min(32);
         Index {
-            slots: (0..slots.max(MIN_SLOTS))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            slots: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+            position_bits,
         }
     }
 
@@ -332,18 +345,28 @@ impl Index {
         ((u128::from(mix(key)) * self.slots.len() as u128) >> 64) as usize
     }
 
+    /// The filter bits of `tag` as they sit in a slot.
+    fn filter(&self, tag: u32) -> u64 {
+        // In u64, so neither shift can reach the width (32 position bits
+        // leave no filter at all: every candidate is then confirmed).
+        let filter_bits = 32 - self.position_bits;
+        (u64::from(tag) >> (32 - filter_bits)) << self.position_bits
+    }
+
     fn find(&self, key: u64, tag: u32, mut confirm: impl FnMut(u32) -> bool) -> Option<u32> {
         let len = self.slots.len();
+        let filter = self.filter(tag);
+        let positions = (1u64 << self.position_bits) - 1;
         let mut at = self.start(key);
         // At most three quarters are full, so an empty slot ends every
         // search; the bound is only a guarantee.
         for _ in 0..len {
-            let slot = self.slots[at].load(Ordering::Acquire);
+            let slot = u64::from(self.slots[at].load(Ordering::Acquire));
             if slot == 0 {
                 return None;
             }
-            if (slot >> 32) as u32 == tag {
-                let index = (slot as u32).wrapping_sub(1);
+            if slot & !positions == filter {
+                let index = ((slot & positions) as u32).wrapping_sub(1);
                 if confirm(index) {
                     return Some(index);
                 }
@@ -356,10 +379,10 @@ impl Index {
     /// With the writer lock held, and room made.
     fn insert(&self, key: u64, tag: u32, index: u32) {
         let len = self.slots.len();
+        let slot = (self.filter(tag) | (u64::from(index) + 1)) as u32;
         let mut at = self.start(key);
         for _ in 0..len {
             if self.slots[at].load(Ordering::Relaxed) == 0 {
-                let slot = (u64::from(tag) << 32) | u64::from(index + 1);
                 self.slots[at].store(slot, Ordering::Release);
                 return;
             }
@@ -560,16 +583,54 @@ mod tests {
         assert_eq!(store.list_by_owner("three").await.unwrap().len(), 1_666);
     }
 
+    #[test]
+    fn slots_keep_the_position_and_as_many_filter_bits_as_fit() {
+        for position_bits in [5, 20, 31, 32] {
+            let index = Index {
+                slots: (0..64).map(|_| AtomicU32::new(0)).collect(),
+                position_bits,
+            };
+            // Three keys starting at the same slot, two of them with the
+            // same filter bits: positions come back, and a filter that
+            // differs in its top bits (kept by every width but 32) is told
+            // apart without a look at the entry.
+            index.insert(7, 0xABCD_0000, 3);
+            index.insert(7, 0x1234_0000, 9);
+            index.insert(7, 0xABCD_FFFF, 12);
+            let found = |tag: u32, want: u32| index.find(7, tag, |at| at == want);
+            assert_eq!(found(0xABCD_0000, 3), Some(3));
+            assert_eq!(found(0x1234_0000, 9), Some(9));
+            assert_eq!(found(0xABCD_FFFF, 12), Some(12));
+            let mut looked = Vec::new();
+            index.find(7, 0x1234_0000, |at| {
+                looked.push(at);
+                false
+            });
+            if position_bits < 32 {
+                assert_eq!(looked, vec![9], "filtered at {position_bits} position bits");
+            } else {
+                assert_eq!(looked, vec![3, 9, 12], "no filter bits: every candidate");
+            }
+            assert_eq!(
+                index.find(8, 0xABCD_0000, |_| true),
+                None,
+                "an empty slot ends it"
+            );
+        }
+        assert_eq!(Index::with_slots(1_340_415).position_bits, 21);
+    }
+
     fn mean_displacement(index: &Index, store: &MemoryStore) -> f64 {
         let len = index.slots.len();
         let mut total = 0usize;
         let mut entries = 0usize;
         for (at, slot) in index.slots.iter().enumerate() {
-            let slot = slot.load(Ordering::Relaxed);
+            let slot = u64::from(slot.load(Ordering::Relaxed));
             if slot == 0 {
                 continue;
             }
-            let entry = store.inner.entry((slot as u32) - 1).unwrap();
+            let position = slot & ((1u64 << index.position_bits) - 1);
+            let entry = store.inner.entry(position as u32 - 1).unwrap();
             let home = index.start(id_slot(&entry.id()).0);
             total += (at + len - home) % len;
             entries += 1;
