@@ -613,3 +613,28 @@ async fn a_manager_that_goes_away_hands_its_keys_counters_to_the_next() {
     next.flush_usage().await.unwrap();
     assert_eq!(next.usage(&id).await.unwrap().requests, 5);
 }
+
+#[tokio::test]
+async fn the_history_lists_each_minute_oldest_first_across_flushes() {
+    let clock = ManualClock::new(start());
+    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    let (id, secret) = (created.record.id, created.key.expose_secret());
+    // 2 requests in the first minute, none in the second, 3 in the third,
+    // and a flush between: history is this process's, flushed or not.
+    for (minute, requests) in [(0, 2), (2, 3)] {
+        clock.set(start() + Duration::from_secs(60 * minute + 5));
+        for _ in 0..requests {
+            manager.verify(secret, None).await.unwrap();
+        }
+        manager.flush_usage().await.unwrap();
+    }
+    let history = manager.usage(&id).await.unwrap().per_minute;
+    let last: Vec<u64> = history[history.len() - 3..]
+        .iter()
+        .map(|m| m.requests)
+        .collect();
+    assert_eq!(last, vec![2, 0, 3]);
+    assert_eq!(history.last().unwrap().start, start() + Duration::from_secs(120));
+    assert_eq!(history.iter().map(|m| m.requests).sum::<u64>(), 5);
+}

@@ -671,22 +671,18 @@ impl Slab {
             self.hot
                 .push((0..CHUNK).map(|_| AlignedHot::default()).collect());
         }
-        if let Some(hot) = self.hot_at(index as u32) {
+        if let Some(hot) = self.hot(index as u32) {
             hot.fill(record);
         }
         self.cold.push(Cold::new(record, owner)) as u32
     }
 
-    fn hot_at(&self, index: u32) -> Option<&Hot> {
+    /// The hot part of the key at `index`, for a lookup to confirm.
+    pub(crate) fn hot(&self, index: u32) -> Option<&Hot> {
         let chunk = self.hot.get((index >> CHUNK_BITS) as usize)?;
         chunk
             .get(index as usize & (CHUNK - 1))
             .map(|aligned| &aligned.0)
-    }
-
-    /// The hot part of the key at `index`, for a lookup to confirm.
-    pub(crate) fn hot(&self, index: u32) -> Option<&Hot> {
-        self.hot_at(index)
     }
 
     /// The key at `index`, which must have been pushed.

@@ -114,16 +114,27 @@ impl Tracked {
         totals
     }
 
-    /// Requests in `minute`: what the ring holds plus the blocks still
-    /// counting it.
-    fn in_minute(&self, minute: u32) -> u32 {
-        let mut count = self
-            .minutes
-            .count(minute)
-            .saturating_add(self.own.in_minute(minute));
-        for entry in self.entries().iter() {
-            count = count.saturating_add(entry.entry().counters().in_minute(minute));
+    /// Requests in each of `minutes`, told to `each` with the minute: what
+    /// the ring holds plus the blocks still counting it. The entry list is
+    /// locked once for all of them (a day of history is 1 440 minutes).
+    fn in_minutes(&self, minutes: impl IntoIterator<Item = u32>, mut each: impl FnMut(u32, u32)) {
+        let entries = self.entries();
+        for minute in minutes {
+            let mut count = self
+                .minutes
+                .count(minute)
+                .saturating_add(self.own.in_minute(minute));
+            for entry in entries.iter() {
+                count = count.saturating_add(entry.entry().counters().in_minute(minute));
+            }
+            each(minute, count);
         }
+    }
+
+    #[cfg(test)]
+    fn in_minute(&self, minute: u32) -> u32 {
+        let mut count = 0;
+        self.in_minutes([minute], |_, c| count = c);
         count
     }
 
@@ -359,10 +370,9 @@ impl Tracker {
             .trailing_minutes
             .min(tracked.minutes.len().saturating_sub(1))
             .max(1);
-        let total: u64 = (1..=span as u32)
-            .filter_map(|back| minute.checked_sub(back))
-            .map(|m| u64::from(tracked.in_minute(m)))
-            .sum();
+        let mut total = 0u64;
+        let past = (1..=span as u32).filter_map(|back| minute.checked_sub(back));
+        tracked.in_minutes(past, |_, count| total += u64::from(count));
         total as f64 / span as f64
     }
 
@@ -398,14 +408,19 @@ impl Tracker {
         }
         usage.rejected = usage.rejections.total();
         let span = tracked.map_or(self.config.history_minutes, |t| t.minutes.len()) as u32;
-        usage.per_minute = (0..span)
+        let minutes = (0..span)
             .rev()
-            .filter_map(|back| now_minute.checked_sub(back))
-            .map(|m| MinuteUsage {
-                start: time_of(u64::from(m) * 60_000),
-                requests: u64::from(tracked.map_or(0, |t| t.in_minute(m))),
-            })
-            .collect();
+            .filter_map(|back| now_minute.checked_sub(back));
+        let minute_of_count = |minute: u32, count: u32| MinuteUsage {
+            start: time_of(u64::from(minute) * 60_000),
+            requests: u64::from(count),
+        };
+        match tracked {
+            Some(t) => t.in_minutes(minutes, |m, count| {
+                usage.per_minute.push(minute_of_count(m, count));
+            }),
+            None => usage.per_minute = minutes.map(|m| minute_of_count(m, 0)).collect(),
+        }
         usage
     }
 
