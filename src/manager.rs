@@ -616,13 +616,14 @@ impl KeyManager {
         found: Option<Found>,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
+        let record = found.ok_or(AuthError::UnknownKey)?;
         // A store that answers with another key's record is treated as not
         // having found one.
-        let rate_limit = match &found {
-            Some(Found::Record(record)) if record.hash == *hash => {
-                self.check(&**record, Subject::Record(record), options)?
+        let rate_limit = match &record {
+            Found::Record(stored) if stored.hash == *hash => {
+                self.check(&**stored, Subject::Record(stored), options)?
             }
-            Some(Found::Stored(handle)) => {
+            Found::Stored(handle) => {
                 // Found once: every check below reads the entry directly.
                 let entry = handle.entry();
                 if !entry.hot().hash_is(hash) {
@@ -632,14 +633,11 @@ impl KeyManager {
             }
             _ => return Err(AuthError::UnknownKey),
         };
-        match found {
-            Some(record) => Ok(AuthenticatedKey {
-                record,
-                name: OnceLock::new(),
-                rate_limit,
-            }),
-            None => Err(AuthError::UnknownKey),
-        }
+        Ok(AuthenticatedKey {
+            record,
+            name: OnceLock::new(),
+            rate_limit,
+        })
     }
 
     /// The checks after the lookup; on success, where the key stands in its

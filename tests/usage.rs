@@ -635,6 +635,9 @@ async fn the_history_lists_each_minute_oldest_first_across_flushes() {
         .map(|m| m.requests)
         .collect();
     assert_eq!(last, vec![2, 0, 3]);
-    assert_eq!(history.last().unwrap().start, start() + Duration::from_secs(120));
+    assert_eq!(
+        history.last().unwrap().start,
+        start() + Duration::from_secs(120)
+    );
     assert_eq!(history.iter().map(|m| m.requests).sum::<u64>(), 5);
 }
