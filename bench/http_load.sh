@@ -3,6 +3,9 @@
 # loaded by wrk on 127.0.0.1, alternating A B A B.
 #
 #   bench/http_load.sh [PAIRS] [SECONDS]      (defaults: 3 pairs of 10 s)
+#   NOOP=1 bench/http_load.sh ...             (each pair also runs a layer that
+#                                              does nothing: what axum's
+#                                              Router::layer charges any layer)
 #
 # The server runs on one thread pinned to CPU 0 and wrk (1 thread, 50
 # connections) on CPU 1, where taskset exists. Prints each pair's ratio B/A
@@ -24,7 +27,7 @@ fi
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
 
-run() { # $1 = on|off; prints requests/s
+run() { # $1 = on|off|noop; prints requests/s
   local keyfile pid rps
   keyfile=$(mktemp)
   AUTH=$1 ADDR=$addr "${pin_server[@]}" "$server" >"$keyfile" 2>/dev/null &
@@ -50,12 +53,23 @@ ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 
 kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$keyfile"
 [ "$code" = 401 ] && [ "$ok" = 200 ] || { echo "sanity check failed: $code/$ok" >&2; exit 1; }
 
-ratios=()
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+ratios=(); noops=()
 for i in $(seq "$pairs"); do
   a=$(run off); b=$(run on)
   ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
   ratios+=("$ratio")
-  echo "pair $i: without layer $a req/s, with layer $b req/s, ratio $ratio"
+  line="pair $i: without layer $a req/s, with layer $b req/s, ratio $ratio"
+  if [ -n "${NOOP:-}" ]; then
+    c=$(run noop)
+    noop=$(awk -v a="$a" -v c="$c" 'BEGIN { printf "%.3f", c / a }')
+    noops+=("$noop")
+    line="$line; do-nothing layer $c req/s, ratio $noop"
+  fi
+  echo "$line"
 done
-median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-echo "median ratio (with / without): $median"
+echo "median ratio (with / without): $(printf '%s\n' "${ratios[@]}" | median)"
+if [ -n "${NOOP:-}" ]; then
+  echo "median ratio (do-nothing layer / without): $(printf '%s\n' "${noops[@]}" | median)"
+fi

@@ -786,6 +786,17 @@ mod tests {
     }
 
     #[test]
+    fn a_key_hashes_to_its_published_sha256() {
+        // `printf %s <key> | sha256sum`
+        let key = TmKey::parse("tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG").unwrap();
+        assert_eq!(
+            key.hash().to_hex(),
+            "553925bcf5fbc9710dce2b03191987f76929cc7178414ad70f991f7fe3547c45"
+        );
+        assert_eq!(TmKey::hash_of(key.expose_secret()), Ok(key.hash()));
+    }
+
+    #[test]
     fn hash_hex_round_trips() {
         let hash = TmKey::generate(Environment::Live).hash();
         assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));

@@ -74,7 +74,7 @@ impl Counters {
             self.last_used_ms.store(now_ms, Ordering::Relaxed);
         }
         let new_ip = match ip {
-            Some(ip) if self.last_ip.load() != Some(ip) => {
+            Some(ip) if !self.last_ip.holds(ip) => {
                 self.last_ip.store(ip);
                 true
             }
@@ -225,6 +225,14 @@ struct IpCell {
     low: AtomicU64,
 }
 
+/// An address as the cell keeps it: IPv4 as its IPv6-mapped form.
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 impl IpCell {
     fn store(&self, ip: IpAddr) {
         let seq = self.seq.load(Ordering::Relaxed);
@@ -237,16 +245,27 @@ impl IpCell {
             return;
         }
         fence(Ordering::Release);
-        let bits = match ip {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
+        let bits = ip_bits(ip);
         self.high.store((bits >> 64) as u64, Ordering::Relaxed);
         self.low.store(bits as u64, Ordering::Relaxed);
         self.seq.store(seq + 2, Ordering::Release);
     }
 
     fn load(&self) -> Option<IpAddr> {
+        let v6 = Ipv6Addr::from(self.bits()?);
+        Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+    }
+
+    /// Whether the cell holds `ip` (an IPv4 address and its IPv6-mapped
+    /// form are one address here). Compared as bits: this runs on every
+    /// counted request, where building and matching an `IpAddr` cost more
+    /// than the read.
+    fn holds(&self, ip: IpAddr) -> bool {
+        self.bits() == Some(ip_bits(ip))
+    }
+
+    /// A whole value, if one was stored and a writer let it be read.
+    fn bits(&self) -> Option<u128> {
         for _ in 0..64 {
             let before = self.seq.load(Ordering::Acquire);
             if before == 0 {
@@ -257,8 +276,7 @@ impl IpCell {
             fence(Ordering::Acquire);
             let after = self.seq.load(Ordering::Relaxed);
             if before == after && before % 2 == 0 {
-                let v6 = Ipv6Addr::from((u128::from(high) << 64) | u128::from(low));
-                return Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4));
+                return Some((u128::from(high) << 64) | u128::from(low));
             }
             std::hint::spin_loop();
         }
@@ -366,7 +384,14 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             cell.store(ip);
             assert_eq!(cell.load(), Some(ip));
+            assert!(cell.holds(ip));
         }
+        assert!(!cell.holds("0.0.0.1".parse().unwrap()));
+        assert!(!cell.holds("::".parse().unwrap()), "0.0.0.0 is not ::");
+        // One address, written either way.
+        cell.store("::ffff:198.51.100.7".parse().unwrap());
+        assert!(cell.holds("198.51.100.7".parse().unwrap()));
+        assert_eq!(cell.load(), "198.51.100.7".parse().ok());
     }
 
     #[test]
