@@ -29,10 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tm_auth::clock::ManualClock;
-use tm_auth::{KeyManager, MemoryStore, NewKey, UsageConfig};
+use tm_auth::{KeyManager, MemoryStore, UsageConfig};
 
 mod common;
-use common::{ready, verdict, Chain};
+use common::{create_keys, ready, verdict, Chain};
 
 const ROUNDS: usize = 21;
 const BURST: usize = 100_000;
@@ -72,18 +72,7 @@ fn measure(label: &str, n: usize) {
     // 20 s into a minute: no burst files a finished minute.
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
     let counting = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
-    let secrets: Vec<String> = runtime.block_on(async {
-        let mut secrets = Vec::with_capacity(n);
-        for i in 0..n {
-            let new = NewKey::new(
-                format!("acct_{:07}", i / 10),
-                format!("Production - Website {i:04}"),
-            );
-            let created = counting.create(new).await.expect("create");
-            secrets.push(created.key.expose_secret().to_owned());
-        }
-        secrets
-    });
+    let secrets = create_keys(&runtime, &counting, n);
     let uncounted = KeyManager::new(Arc::clone(counting.store()))
         .with_clock(clock)
         .with_usage(UsageConfig::disabled());

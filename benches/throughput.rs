@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use tm_auth::clock::Clock;
-use tm_auth::{KeyManager, MemoryStore, NewKey, UsageConfig};
+use tm_auth::{KeyManager, MemoryStore, UsageConfig};
 
 mod common;
 
@@ -147,19 +147,14 @@ fn main() {
     let manager = KeyManager::new(MemoryStore::new()).with_clock(Still(
         UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20),
     ));
-    let mut keys = Vec::with_capacity(KEYS);
-    runtime.block_on(async {
-        for i in 0..KEYS {
-            let new = NewKey::new(
-                format!("acct_{:07}", i / 10),
-                format!("Production - Website {i:04}"),
-            );
-            let created = manager.create(new).await.expect("create");
+    let keys: Vec<[u8; 40]> = common::create_keys(&runtime, &manager, KEYS)
+        .iter()
+        .map(|secret| {
             let mut key = [0u8; 40];
-            key.copy_from_slice(created.key.expose_secret().as_bytes());
-            keys.push(key);
-        }
-    });
+            key.copy_from_slice(secret.as_bytes());
+            key
+        })
+        .collect();
     let floor = keys
         .iter()
         .enumerate()

@@ -40,14 +40,14 @@ use http_body_util::Full;
 use sha2::{Digest, Sha256};
 use tm_auth::clock::ManualClock;
 use tm_auth::{
-    ApiKeyLayer, AuthError, Environment, KeyFormatError, KeyHash, KeyManager, MemoryStore, NewKey,
-    Realm, TmKey, UsageConfig,
+    ApiKeyLayer, AuthError, Environment, KeyFormatError, KeyHash, KeyManager, MemoryStore, Realm,
+    TmKey, UsageConfig,
 };
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AsyncRequireAuthorizationLayer;
 
 mod common;
-use common::{ready, verdict, Chain, Pick};
+use common::{create_keys, ready, verdict, Chain, Pick};
 
 const VALID: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m30ODsrG";
 const BAD_CHECKSUM: &str = "tm_live_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6";
@@ -76,18 +76,7 @@ fn fixture(n: usize) -> Fixture {
     // 20 s into a minute.
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
     let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
-    let secrets: Vec<String> = runtime.block_on(async {
-        let mut secrets = Vec::with_capacity(n);
-        for i in 0..n {
-            let new = NewKey::new(
-                format!("acct_{:07}", i / 10),
-                format!("Production - Website {i:04}"),
-            );
-            let created = manager.create(new).await.unwrap();
-            secrets.push(created.key.expose_secret().to_owned());
-        }
-        secrets
-    });
+    let secrets = create_keys(&runtime, &manager, n);
     let floor = secrets
         .iter()
         .enumerate()

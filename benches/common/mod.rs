@@ -96,6 +96,28 @@ pub fn verdict<E>(who: &Result<tm_auth::AuthenticatedKey, E>) -> u64 {
     }
 }
 
+/// Creates `n` keys in `manager`, ten to an owner, each named like a
+/// person would (about 25 characters): the store every benchmark measures.
+/// Returns their secrets in creation order.
+pub fn create_keys(
+    runtime: &tokio::runtime::Runtime,
+    manager: &tm_auth::KeyManager,
+    n: usize,
+) -> Vec<String> {
+    runtime.block_on(async {
+        let mut secrets = Vec::with_capacity(n);
+        for i in 0..n {
+            let new = tm_auth::NewKey::new(
+                format!("acct_{:07}", i / 10),
+                format!("Production - Website {i:04}"),
+            );
+            let created = manager.create(new).await.expect("create a key");
+            secrets.push(created.key.expose_secret().to_owned());
+        }
+        secrets
+    })
+}
+
 /// Polls a future that the in-memory store completes at once. Called inside
 /// the benchmark's runtime context, so timers behave as in a server.
 pub fn ready<F: std::future::Future>(future: F) -> F::Output {
