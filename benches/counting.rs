@@ -5,12 +5,18 @@
 //! ```text
 //! cargo bench --bench counting          # 1k, 100k and 1M keys (~20 s)
 //! cargo bench --bench counting -- 1k    # one size
+//! CLOCK=system cargo bench --bench counting   # with the system clock
 //! ```
 //!
 //! For 1k, 100k and 1M keys: one `MemoryStore`, a manager that counts (the
 //! default) and one with counting off over the same store, every key used
 //! once first (the steady state `benches/verify.rs` measures too), the
-//! clock standing still inside a minute. Each of 21 rounds times a burst of
+//! clock standing still inside a minute. With `CLOCK=system` both managers
+//! read the system clock instead, as a deployment does: counting then pays
+//! one clock read per request, which a verification with counting off
+//! makes only for a key that expires or has a rate limit. (A minute that
+//! turns during the run makes one round's first use of every key file the
+//! minute before; the median of the rounds does not see it.) Each of 21 rounds times a burst of
 //! verifications with each manager, the order swapped every round, so a
 //! change in the machine's speed weighs on both sides alike; a round's
 //! ratio is its two bursts' on/off. Keys are drawn as in `benches/verify.rs`
@@ -69,13 +75,17 @@ fn measure(label: &str, n: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    // 20 s into a minute: no burst files a finished minute.
-    let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
-    let counting = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let counting = KeyManager::new(MemoryStore::new());
     let secrets = create_keys(&runtime, &counting, n);
-    let uncounted = KeyManager::new(Arc::clone(counting.store()))
-        .with_clock(clock)
-        .with_usage(UsageConfig::disabled());
+    let uncounted =
+        KeyManager::new(Arc::clone(counting.store())).with_usage(UsageConfig::disabled());
+    let (counting, uncounted) = if std::env::var("CLOCK").is_ok_and(|c| c == "system") {
+        (counting, uncounted)
+    } else {
+        // 20 s into a minute: no burst files a finished minute.
+        let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
+        (counting.with_clock(clock.clone()), uncounted.with_clock(clock))
+    };
     let _guard = runtime.enter();
     // Every key once on each side: counters claimed, both paths warm.
     for secret in &secrets {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{millis_since_epoch, Clock, SystemClock};
 use crate::error::{AuthError, ManagerError};
 use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::record::{
@@ -658,16 +658,21 @@ impl KeyManager {
         }
         let limit = key.rate_limit();
         let expires = key.expires();
-        // The clock is read only when something needs it.
-        let needs_clock = expires || limit.is_some() || usage.config().enabled;
-        let now = if needs_clock {
-            self.now()
+        // The clock is read once, and only when something needs it: as a
+        // `SystemTime` for a key that expires, else in the milliseconds
+        // that are all counting and rate limits use.
+        let clock = &*self.inner.clock;
+        let now_ms = if expires {
+            let now = clock.now();
+            if key.expired(now) {
+                return refuse(Rejection::Expired, AuthError::Expired);
+            }
+            millis_since_epoch(now)
+        } else if limit.is_some() || usage.config().enabled {
+            clock.now_millis()
         } else {
-            SystemTime::UNIX_EPOCH
+            0
         };
-        if expires && key.expired(now) {
-            return refuse(Rejection::Expired, AuthError::Expired);
-        }
         if let Some(required) = options.environment {
             let actual = key.environment();
             if actual != required {
@@ -682,7 +687,7 @@ impl KeyManager {
             return refuse(Rejection::IpNotAllowed, err);
         }
         let rate_limit = match limit {
-            Some(limit) => match usage.take(subject, limit, now) {
+            Some(limit) => match usage.take(subject, limit, now_ms) {
                 Ok(status) => Some(status),
                 Err(retry_after) => {
                     return Err(AuthError::RateLimited {
@@ -693,7 +698,7 @@ impl KeyManager {
             },
             None => None,
         };
-        usage.succeeded(subject, now, options.client_ip);
+        usage.succeeded(subject, now_ms, options.client_ip, clock);
         Ok(rate_limit)
     }
 

@@ -250,16 +250,6 @@ pub(crate) enum Rejection {
     RateLimited = 4,
 }
 
-fn millis(at: SystemTime) -> u64 {
-    // Seconds and the sub-second part apart: `Duration::as_millis` divides
-    // a u128, which costs more than the rest of counting a request.
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| {
-        d.as_secs()
-            .saturating_mul(1_000)
-            .saturating_add(u64::from(d.subsec_millis()))
-    })
-}
-
 fn time_of(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }

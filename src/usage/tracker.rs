@@ -27,8 +27,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use super::counters::{Counters, Minutes};
-use super::{millis, time_of, Event, KeyUsage, MinuteUsage, NewIp, Rejection, Spike};
+use super::{time_of, Event, KeyUsage, MinuteUsage, NewIp, Rejection, Spike};
 use super::{RateLimitStatus, UsageConfig, UsageSample};
+use crate::clock::{millis_since_epoch, Clock};
 use crate::record::{KeyId, KeyRecord, RateLimit, UniformHasher};
 use crate::store::stored::Entry;
 use crate::store::{Rejections, StoredKeyRef, UsageDelta, UsageTotals};
@@ -266,9 +267,8 @@ impl Tracker {
         &self,
         subject: Subject<'_>,
         limit: RateLimit,
-        now: SystemTime,
+        now_ms: u64,
     ) -> Result<RateLimitStatus, Duration> {
-        let now_ms = millis(now);
         let taken = match self.inline(&subject) {
             Some(counters) => counters.take(limit, now_ms),
             None => {
@@ -291,12 +291,18 @@ impl Tracker {
         }
     }
 
-    /// Counts a successful request.
-    pub(crate) fn succeeded(&self, subject: Subject<'_>, now: SystemTime, ip: Option<IpAddr>) {
+    /// Counts a successful request at `now_ms` by `clock` (read again only
+    /// to date a new-IP event exactly).
+    pub(crate) fn succeeded(
+        &self,
+        subject: Subject<'_>,
+        now_ms: u64,
+        ip: Option<IpAddr>,
+        clock: &dyn Clock,
+    ) {
         if !self.config.enabled {
             return;
         }
-        let now_ms = millis(now);
         let keep_minutes = self.config.history_minutes > 0;
         let guard;
         let (counters, tracked) = match self.inline(&subject) {
@@ -313,7 +319,7 @@ impl Tracker {
                 self.send(Event::NewIp(NewIp {
                     id: subject.id(),
                     ip,
-                    at: now,
+                    at: clock.now(),
                 }));
             }
         }
@@ -387,7 +393,7 @@ impl Tracker {
             last_used_ip: totals.last_used_ip,
             per_minute: Vec::new(),
         };
-        let now_minute = minute_of(millis(now));
+        let now_minute = minute_of(millis_since_epoch(now));
         let keys = self.keys.pin();
         let tracked = keys.get(&id);
         if let Some(t) = tracked {
@@ -560,6 +566,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::clock::ManualClock;
     use crate::key::{Environment, TmKey};
     use crate::store::StoredKey;
     use crate::usage::UsageConfig;
@@ -582,13 +589,13 @@ mod tests {
     }
 
     fn count(tracker: &Tracker, handle: &StoredKeyRef, times: usize) {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(29_000_000 * 60);
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(29_000_000 * 60));
         for _ in 0..times {
             let subject = Subject::Entry {
                 handle,
                 entry: handle.entry(),
             };
-            tracker.succeeded(subject, now, None);
+            tracker.succeeded(subject, clock.now_millis(), None, &clock);
         }
     }
 
