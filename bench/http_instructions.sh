@@ -8,7 +8,8 @@
 # For each mode (AUTH=off|noop|on, see examples/load_server.rs) the server
 # runs under callgrind; wrk warms it for 2 s, the counters are zeroed, wrk
 # loads it for 5 s (1 thread, 10 connections), and the counts are dumped.
-# Prints the instructions per request. Note: valgrind does not run SHA-NI,
+# Prints the instructions per request; with KEEP=1 the callgrind files are
+# kept (their folder is printed) for callgrind_annotate. Note: valgrind does not run SHA-NI,
 # so sha2 takes its software path (about 3 550 instructions a key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ addr="127.0.0.1:$port"
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+if [ -n "${KEEP:-}" ]; then echo "callgrind files: $work"; else trap 'rm -rf "$work"' EXIT; fi
 
 for mode in "${modes[@]}"; do
   AUTH=$mode ADDR=$addr valgrind --tool=callgrind --callgrind-out-file="$work/$mode.out" \

@@ -47,10 +47,11 @@ impl Clock for SystemClock {
         SystemTime::now()
     }
 
-    /// The same clock (`CLOCK_REALTIME`) read as seconds and nanoseconds:
-    /// building a `SystemTime` and taking it apart again costs almost half
-    /// as much as the read itself (25.5 ns against 17.5 ns on the machine
-    /// of `BENCHMARKS.md`), on every request counted.
+    /// The same clock (`CLOCK_REALTIME`, through libc as for `SystemTime`)
+    /// read as seconds and nanoseconds: building a `SystemTime` and taking
+    /// it apart again costs about a third as much again as the read itself
+    /// (27 ns against 20 ns on the machine of `BENCHMARKS.md`), on every
+    /// request counted.
     #[cfg(target_os = "linux")]
     fn now_millis(&self) -> u64 {
         let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
