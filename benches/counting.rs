@@ -84,7 +84,10 @@ fn measure(label: &str, n: usize) {
     } else {
         // 20 s into a minute: no burst files a finished minute.
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
-        (counting.with_clock(clock.clone()), uncounted.with_clock(clock))
+        (
+            counting.with_clock(clock.clone()),
+            uncounted.with_clock(clock),
+        )
     };
     let _guard = runtime.enter();
     // Every key once on each side: counters claimed, both paths warm.

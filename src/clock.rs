@@ -206,7 +206,10 @@ mod tests {
         let at = UNIX_EPOCH + Duration::new(1_767_225_600, 999_999_999);
         assert_eq!(Fixed(at).now_millis(), 1_767_225_600_999);
         assert_eq!(Fixed(UNIX_EPOCH - Duration::from_nanos(1)).now_millis(), 0);
-        assert_eq!(millis_since_epoch(UNIX_EPOCH + Duration::from_micros(1_999)), 1);
+        assert_eq!(
+            millis_since_epoch(UNIX_EPOCH + Duration::from_micros(1_999)),
+            1
+        );
     }
 
     #[test]
@@ -214,7 +217,10 @@ mod tests {
         let before = millis_since_epoch(SystemTime::now());
         let now = SystemClock.now_millis();
         let after = millis_since_epoch(SystemTime::now());
-        assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
         assert!(now > 1_700_000_000_000, "a time after 2023: {now}");
     }
 
