@@ -6,6 +6,10 @@
 #   NOOP=1 bench/http_load.sh ...             (each pair also runs a layer that
 #                                              does nothing: what axum's
 #                                              Router::layer charges any layer)
+#   FLOOR=1 bench/http_load.sh ...            (each pair also runs a layer that
+#                                              does only SHA-256 of the key and
+#                                              one HashMap lookup: what any
+#                                              layer that hashes keys pays)
 #
 # The server runs on one thread pinned to CPU 0 and wrk (1 thread, 50
 # connections) on CPU 1, where taskset exists. Prints each pair's ratio B/A
@@ -27,7 +31,7 @@ fi
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
 
-run() { # $1 = on|off|noop; prints requests/s
+run() { # $1 = on|off|noop|floor; prints requests/s
   local keyfile pid rps
   keyfile=$(mktemp)
   AUTH=$1 ADDR=$addr "${pin_server[@]}" "$server" >"$keyfile" 2>/dev/null &
@@ -55,7 +59,7 @@ kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$keyfile"
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-ratios=(); noops=()
+ratios=(); noops=(); floors=()
 for i in $(seq "$pairs"); do
   a=$(run off); b=$(run on)
   ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
@@ -67,9 +71,18 @@ for i in $(seq "$pairs"); do
     noops+=("$noop")
     line="$line; do-nothing layer $c req/s, ratio $noop"
   fi
+  if [ -n "${FLOOR:-}" ]; then
+    d=$(run floor)
+    floor=$(awk -v a="$a" -v d="$d" 'BEGIN { printf "%.3f", d / a }')
+    floors+=("$floor")
+    line="$line; floor layer $d req/s, ratio $floor"
+  fi
   echo "$line"
 done
 echo "median ratio (with / without): $(printf '%s\n' "${ratios[@]}" | median)"
 if [ -n "${NOOP:-}" ]; then
   echo "median ratio (do-nothing layer / without): $(printf '%s\n' "${noops[@]}" | median)"
+fi
+if [ -n "${FLOOR:-}" ]; then
+  echo "median ratio (floor layer / without): $(printf '%s\n' "${floors[@]}" | median)"
 fi
