@@ -76,6 +76,8 @@ impl Clock for SystemClock {
 /// let clock = ManualClock::new(std::time::SystemTime::UNIX_EPOCH);
 /// clock.advance(Duration::from_secs(60));
 /// assert_eq!(clock.now(), std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(60));
+/// // What usage counting reads: the same time, in milliseconds.
+/// assert_eq!(clock.now_millis(), 60_000);
 /// ```
 #[derive(Clone)]
 pub struct ManualClock {
