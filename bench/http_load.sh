@@ -30,19 +30,15 @@ fi
 
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
+source bench/server.sh
 
 run() { # $1 = on|off|noop|floor; prints requests/s
-  local keyfile pid rps
+  local keyfile rps
   keyfile=$(mktemp)
-  AUTH=$1 ADDR=$addr "${pin_server[@]}" "$server" >"$keyfile" 2>/dev/null &
-  pid=$!
-  for _ in $(seq 100); do
-    [ -s "$keyfile" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  start_server "$1" "$keyfile" "${pin_server[@]}"
   rps=$("${pin_wrk[@]}" wrk -t1 -c50 -d"${seconds}s" -H "Authorization: Bearer $(head -1 "$keyfile")" \
         "http://$addr/" | awk '/Requests\/sec/ {print $2}')
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server
   rm -f "$keyfile"
   [ -n "$rps" ] || { echo "wrk reported nothing" >&2; exit 1; }
   echo "$rps"
@@ -50,11 +46,10 @@ run() { # $1 = on|off|noop|floor; prints requests/s
 
 # Check once that the layer really refuses a request without the key.
 keyfile=$(mktemp)
-AUTH=on ADDR=$addr "$server" >"$keyfile" 2>/dev/null & pid=$!
-for _ in $(seq 100); do [ -s "$keyfile" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+start_server on "$keyfile"
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/" || true)
 ok=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$keyfile")" "http://$addr/" || true)
-kill "$pid"; wait "$pid" 2>/dev/null || true; rm -f "$keyfile"
+stop_server; rm -f "$keyfile"
 [ "$code" = 401 ] && [ "$ok" = 200 ] || { echo "sanity check failed: $code/$ok" >&2; exit 1; }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -30,24 +30,20 @@ fi
 
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
+source bench/server.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 profile() { # $1 = mode; leaves $work/$1.data and $work/$1.rps
-  local mode=$1 pid
-  AUTH=$mode ADDR=$addr "${pin_server[@]}" "$server" >"$work/key" 2>/dev/null &
-  pid=$!
-  for _ in $(seq 100); do
-    [ -s "$work/key" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  local mode=$1
+  start_server "$mode" "$work/key" "${pin_server[@]}"
   "${pin_wrk[@]}" wrk -t1 -c50 -d12s -H "Authorization: Bearer $(head -1 "$work/key")" \
     "http://$addr/" >"$work/$mode.wrk" &
   local wrk_pid=$!
   sleep 1
-  perf record -q -F 4999 -p "$pid" -o "$work/$mode.data" -- sleep 10 >/dev/null 2>&1
+  perf record -q -F 4999 -p "$server_pid" -o "$work/$mode.data" -- sleep 10 >/dev/null 2>&1
   wait "$wrk_pid"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server
   awk '/Requests\/sec/ { print $2 }' "$work/$mode.wrk" >"$work/$mode.rps"
   [ -s "$work/$mode.rps" ] || { echo "wrk reported nothing for $mode" >&2; exit 1; }
   echo "$mode: $(cat "$work/$mode.rps") requests/s"

@@ -16,7 +16,9 @@
 //! one clock read per request, which a verification with counting off
 //! makes only for a key that expires or has a rate limit. (A minute that
 //! turns during the run makes one round's first use of every key file the
-//! minute before; the median of the rounds does not see it.) Each of 21 rounds times a burst of
+//! minute before; the median of the rounds does not see it.)
+//!
+//! Each of 21 rounds times a burst of
 //! verifications with each manager, the order swapped every round, so a
 //! change in the machine's speed weighs on both sides alike; a round's
 //! ratio is its two bursts' on/off. Keys are drawn as in `benches/verify.rs`
