@@ -75,6 +75,7 @@ pub mod header;
 mod key;
 mod manager;
 pub mod middleware;
+mod net;
 mod record;
 #[cfg(feature = "client")]
 pub mod scan;

@@ -250,30 +250,8 @@ impl KeyRecord {
     /// address, even an unknown one; a non-empty one admits only a known
     /// address inside one of its networks.
     pub fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
-        ip_allowed(&self.allowed_ips, client_ip)
+        crate::net::ip_allowed(&self.allowed_ips, client_ip)
     }
-}
-
-/// The allowlist rule in one place, shared by the manager and the layer.
-pub(crate) fn ip_allowed(allowed: &[IpNetwork], client_ip: Option<IpAddr>) -> bool {
-    allowed.is_empty() || client_ip.is_some_and(|ip| in_networks(allowed, ip))
-}
-
-/// Whether `ip` (normalised) is inside one of `networks`. A v4 address also
-/// matches a network written in IPv4-mapped IPv6 form.
-pub(crate) fn in_networks(networks: &[IpNetwork], ip: IpAddr) -> bool {
-    // The usual case — no trusted proxies — costs nothing.
-    if networks.is_empty() {
-        return false;
-    }
-    let ip = crate::middleware::client_ip::normalize(ip);
-    let mapped = match ip {
-        IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
-        IpAddr::V6(_) => None,
-    };
-    networks
-        .iter()
-        .any(|net| net.contains(ip) || mapped.is_some_and(|m| net.contains(m)))
 }
 
 /// A provider's per-key limit: at most [`requests`](RateLimit::requests) in
@@ -650,25 +628,6 @@ mod tests {
         );
         record.revoked_at = Some(now);
         assert_eq!(record.status_at(now), KeyStatus::Revoked);
-    }
-
-    #[test]
-    fn allowlists() {
-        let nets: Vec<IpNetwork> = vec![
-            "203.0.113.0/24".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap(),
-        ];
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        assert!(ip_allowed(&[], None));
-        assert!(ip_allowed(&[], ip("198.51.100.1")));
-        assert!(!ip_allowed(&nets, None));
-        assert!(ip_allowed(&nets, ip("203.0.113.7")));
-        assert!(ip_allowed(&nets, ip("::ffff:203.0.113.7")));
-        assert!(ip_allowed(&nets, ip("2001:db8::5")));
-        assert!(!ip_allowed(&nets, ip("198.51.100.1")));
-        assert!(!ip_allowed(&nets, ip("2001:db9::5")));
-        let mapped_net: Vec<IpNetwork> = vec!["::ffff:203.0.113.0/120".parse().unwrap()];
-        assert!(ip_allowed(&mapped_net, ip("203.0.113.7")));
     }
 
     #[cfg(feature = "serde")]

@@ -24,10 +24,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use http::header::{HeaderMap, HeaderName, FORWARDED};
+use http::header::{HeaderMap, HeaderName};
 use ipnetwork::IpNetwork;
 
-use crate::record::in_networks;
+use crate::net::in_networks;
+pub use crate::net::normalize;
 
 /// Most forwarding entries read, across all lines; more makes the client unknown.
 pub const MAX_HOPS: usize = 32;
@@ -52,43 +53,75 @@ pub enum ClientIpHeader {
     Forwarded,
 }
 
-/// `::ffff:a.b.c.d` becomes `a.b.c.d`, so IPv4 allowlists match clients
-/// reaching a dual-stack socket.
-pub fn normalize(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+impl ClientIpHeader {
+    /// The header's name, lowercase: `x-forwarded-for` or `forwarded`.
+    pub fn header_name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+        }
     }
 }
 
 /// The client address of a request whose TCP peer is `peer`, or `None` when
-/// it cannot be known (no peer, or a trusted proxy's header that does not
-/// name it unambiguously).
+/// it cannot be known: no peer, a trusted proxy that sent no forwarding
+/// header of the configured kind, or one whose header does not name the
+/// client unambiguously.
 pub fn resolve(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     trusted_proxies: &[IpNetwork],
     header: ClientIpHeader,
 ) -> Option<IpAddr> {
-    let peer = normalize(peer?);
+    match resolve_peer(peer, headers, trusted_proxies, header) {
+        Resolved::Client(ip) => Some(ip),
+        Resolved::Unknown | Resolved::ProxyWithoutHeader(_) => None,
+    }
+}
+
+/// What resolving a request's client found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// The client's address.
+    Client(IpAddr),
+    /// No peer, or a forwarding header that does not name the client.
+    Unknown,
+    /// A trusted proxy (this one) sent no forwarding header of the
+    /// configured kind: the proxy is misconfigured, or sends the other
+    /// kind. The proxy is not the client, so the client is unknown.
+    ProxyWithoutHeader(IpAddr),
+}
+
+pub(crate) fn resolve_peer(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted_proxies: &[IpNetwork],
+    header: ClientIpHeader,
+) -> Resolved {
+    let Some(peer) = peer.map(normalize) else {
+        return Resolved::Unknown;
+    };
     if !in_networks(trusted_proxies, peer) {
-        return Some(peer);
+        return Resolved::Client(peer);
     }
     let mut hops = Hops::new();
-    let name = match header {
-        ClientIpHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
-        ClientIpHeader::Forwarded => FORWARDED,
-    };
-    let mut lines = headers.get_all(&name).iter().peekable();
+    let mut lines = headers
+        .get_all(HeaderName::from_static(header.header_name()))
+        .iter()
+        .peekable();
     if lines.peek().is_none() {
-        // A trusted peer that names nobody is itself the client.
-        return Some(peer);
+        return Resolved::ProxyWithoutHeader(peer);
     }
     for line in lines {
-        let text = line.to_str().ok()?;
-        match header {
-            ClientIpHeader::XForwardedFor => parse_x_forwarded_for(text, &mut hops)?,
-            ClientIpHeader::Forwarded => parse_forwarded(text, &mut hops)?,
+        let Ok(text) = line.to_str() else {
+            return Resolved::Unknown;
+        };
+        let parsed = match header {
+            ClientIpHeader::XForwardedFor => parse_x_forwarded_for(text, &mut hops),
+            ClientIpHeader::Forwarded => parse_forwarded(text, &mut hops),
+        };
+        if parsed.is_none() {
+            return Resolved::Unknown;
         }
     }
     let hops = hops.as_slice();
@@ -96,7 +129,7 @@ pub fn resolve(
         .rev()
         .find(|ip| !in_networks(trusted_proxies, **ip))
         .or_else(|| hops.first())
-        .copied()
+        .map_or(Resolved::Unknown, |ip| Resolved::Client(*ip))
 }
 
 /// The entries of the forwarding header, on the stack: this runs per request.
@@ -351,8 +384,8 @@ mod tests {
             xff("10.0.0.1", &["10.0.0.3, 10.0.0.2"]),
             Some(ip("10.0.0.3"))
         );
-        // No header: the trusted peer itself.
-        assert_eq!(xff("10.0.0.1", &[]), Some(ip("10.0.0.1")));
+        // No header: the proxy names nobody, and is not the client.
+        assert_eq!(xff("10.0.0.1", &[]), None);
         // IPv6 and mapped entries.
         assert_eq!(xff("10.0.0.1", &["2001:db8::1"]), Some(ip("2001:db8::1")));
         assert_eq!(
@@ -362,6 +395,66 @@ mod tests {
         assert_eq!(
             xff("10.0.0.1", &[" 203.0.113.9 ,\t10.0.0.2 "]),
             Some(ip("203.0.113.9"))
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_that_sends_no_header_of_the_configured_kind_names_nobody() {
+        let sends = |name: &str, kind| {
+            resolve_peer(
+                Some(ip("10.0.0.2")),
+                &headers(name, &["203.0.113.50"]),
+                &trusted(),
+                kind,
+            )
+        };
+        let proxy = Resolved::ProxyWithoutHeader(ip("10.0.0.2"));
+        // Configured for Forwarded, the proxy sends X-Forwarded-For.
+        assert_eq!(sends("x-forwarded-for", ClientIpHeader::Forwarded), proxy);
+        assert_eq!(sends("forwarded", ClientIpHeader::XForwardedFor), proxy);
+        assert_eq!(sends("x-real-ip", ClientIpHeader::XForwardedFor), proxy);
+        assert_eq!(xff("10.0.0.2", &[]), None);
+        assert_eq!(fwd("10.0.0.2", &[]), None);
+        // An untrusted peer without a header is still the client.
+        assert_eq!(xff("198.51.100.1", &[]), Some(ip("198.51.100.1")));
+    }
+
+    #[test]
+    fn an_ipv6_supernet_of_trusted_proxies_trusts_no_ipv4_peer() {
+        let everything_v6: Vec<IpNetwork> = vec!["::/0".parse().unwrap()];
+        let forged = headers("x-forwarded-for", &["10.9.9.9"]);
+        for peer in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            assert_eq!(
+                resolve(
+                    Some(ip(peer)),
+                    &forged,
+                    &everything_v6,
+                    ClientIpHeader::XForwardedFor
+                ),
+                Some(ip("203.0.113.9")),
+                "an IPv4 peer is not inside ::/0, so its X-Forwarded-For is ignored"
+            );
+        }
+        // An IPv6 peer inside it is trusted.
+        assert_eq!(
+            resolve(
+                Some(ip("2001:db8::7")),
+                &forged,
+                &everything_v6,
+                ClientIpHeader::XForwardedFor
+            ),
+            Some(ip("10.9.9.9"))
+        );
+        // The mapped range is how to trust IPv4 proxies in IPv6 notation.
+        let mapped: Vec<IpNetwork> = vec!["::ffff:10.0.0.0/104".parse().unwrap()];
+        assert_eq!(
+            resolve(
+                Some(ip("10.0.0.1")),
+                &forged,
+                &mapped,
+                ClientIpHeader::XForwardedFor
+            ),
+            Some(ip("10.9.9.9"))
         );
     }
 

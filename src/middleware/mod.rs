@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +27,7 @@ mod response;
 #[cfg(feature = "axum")]
 mod axum;
 
+use client_ip::Resolved;
 pub use client_ip::{ClientIpHeader, PeerAddr};
 pub use response::{InvalidRealm, Realm};
 
@@ -88,6 +90,9 @@ struct Config {
     environment: Option<Environment>,
     realm: Realm,
     store_timeout: Option<Duration>,
+    /// Whether the missing-forwarding-header warning was logged: it names a
+    /// misconfiguration once, not on every request.
+    warned_missing_header: Arc<AtomicBool>,
 }
 
 impl ApiKeyLayer {
@@ -103,6 +108,7 @@ impl ApiKeyLayer {
                 environment: None,
                 realm: Realm::default(),
                 store_timeout: None,
+                warned_missing_header: Arc::new(AtomicBool::new(false)),
             }),
         }
     }
@@ -113,7 +119,13 @@ impl ApiKeyLayer {
     }
 
     /// Proxies whose forwarding header is believed. Only a peer inside these
-    /// networks may name another client address.
+    /// networks may name another client address. A trusted peer that sends
+    /// no header of the configured kind (see
+    /// [`client_ip_header`](ApiKeyLayer::client_ip_header)) is not taken
+    /// for the client: the client is unknown, so keys with IP restrictions
+    /// are refused (403) and a warning is logged once. IPv4 proxies written
+    /// in IPv6 notation must lie inside `::ffff:0:0/96`; a wider IPv6
+    /// network such as `::/0` trusts no IPv4 peer.
     pub fn trusted_proxies(self, networks: impl IntoIterator<Item = IpNetwork>) -> ApiKeyLayer {
         let networks = networks.into_iter().collect();
         self.edit(|c| c.trusted_proxies = networks)
@@ -207,12 +219,29 @@ impl<S> ApiKeyService<S> {
                 .get::<::axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0)
         });
-        client_ip::resolve(
+        let config = &*self.config;
+        match client_ip::resolve_peer(
             peer.map(|p| p.ip()),
             request.headers(),
-            &self.config.trusted_proxies,
-            self.config.client_ip_header,
-        )
+            &config.trusted_proxies,
+            config.client_ip_header,
+        ) {
+            Resolved::Client(ip) => Some(ip),
+            Resolved::Unknown => None,
+            Resolved::ProxyWithoutHeader(proxy) => {
+                if !config.warned_missing_header.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        proxy = %proxy,
+                        expected_header = config.client_ip_header.header_name(),
+                        "tm-auth: a trusted proxy sent no forwarding header of the configured kind, \
+                         so client addresses are unknown and IP-restricted keys are refused; \
+                         configure ApiKeyLayer::client_ip_header to match what the proxy sends \
+                         (logged once)"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Answers `request` with `err`'s response, built in the request's own
@@ -226,7 +255,7 @@ impl<S> ApiKeyService<S> {
         drop(request);
         ResponseFuture {
             state: State::Rejected {
-                response: Some(rejected(&err, &self.config.realm, headers)),
+                response: Some(rejected(&err, &self.config, headers)),
             },
         }
     }
@@ -297,7 +326,7 @@ where
                         }
                         Err(err) => {
                             let headers = std::mem::take(request.headers_mut());
-                            Ok(rejected(&err, &config.realm, headers).map(Either::Right))
+                            Ok(rejected(&err, &config, headers).map(Either::Right))
                         }
                     }
                 }),
@@ -306,10 +335,21 @@ where
     }
 }
 
-/// Logs a rejection (its code and reason, never the key) and builds its response.
-fn rejected(err: &AuthError, realm: &Realm, headers: http::HeaderMap) -> Response<Full<Bytes>> {
+/// Logs a rejection (its code and reason, never the key) and builds its
+/// response. A client address inside the trusted-proxy networks is an
+/// internal one: the response never quotes it.
+fn rejected(err: &AuthError, config: &Config, headers: http::HeaderMap) -> Response<Full<Bytes>> {
     tracing::debug!(code = err.code(), reason = %err, "API key rejected");
-    err.response_with(realm, headers)
+    if let AuthError::IpNotAllowed {
+        client_ip: Some(ip),
+    } = err
+    {
+        if crate::net::in_networks(&config.trusted_proxies, *ip) {
+            let internal = AuthError::IpNotAllowed { client_ip: None };
+            return internal.response_with(&config.realm, headers);
+        }
+    }
+    err.response_with(&config.realm, headers)
 }
 
 /// Records the key id on the current span (if it declares `key_id`) and logs

@@ -22,7 +22,8 @@ use ipnetwork::IpNetwork;
 use super::StoreUpdate;
 use crate::clock::{moved_by, nanos_between};
 use crate::key::{Environment, KeyHash, KeyHint};
-use crate::record::{ip_allowed, KeyId, KeyRecord, RateLimit};
+use crate::net::ip_allowed;
+use crate::record::{KeyId, KeyRecord, RateLimit};
 use crate::usage::{Claim, Counters};
 
 /// `revoked_ns` of a key that is not revoked.

@@ -1,0 +1,219 @@
+//! The defects an adversarial review found, each reproduced as a user's
+//! program would meet it. SECURITY.md's "Hardening" section names the test
+//! here that guards each one.
+
+mod support;
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use ipnetwork::IpNetwork;
+use tm_auth::{ApiKeyLayer, ClientIpHeader, KeyManager, MemoryStore, NewKey, PeerAddr};
+use tower::{ServiceBuilder, ServiceExt};
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One request through `layer` from TCP peer `peer` with `headers`; the
+/// status and the JSON body (`null` on success).
+async fn call(
+    layer: &ApiKeyLayer,
+    secret: &str,
+    peer: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value) {
+    let service = ServiceBuilder::new().layer(layer.clone()).service_fn(
+        |_: Request<Full<Bytes>>| async move {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        },
+    );
+    let mut request =
+        Request::post("/v1/verify").header("authorization", format!("Bearer {secret}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Full::new(Bytes::new())).unwrap();
+    request
+        .extensions_mut()
+        .insert(PeerAddr(SocketAddr::new(ip(peer), 40_000)));
+    let response = service.oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json = if status == StatusCode::OK {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap()
+    };
+    (status, json)
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn capture_warnings() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (capture, tracing::subscriber::set_default(subscriber))
+}
+
+// 5. An IPv6 supernet admits every IPv4 client.
+
+#[tokio::test]
+async fn an_ipv6_supernet_allowlist_admits_no_ipv4_client() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let layer = ApiKeyLayer::new(manager.clone());
+    for supernet in ["::/0", "::/64", "::/80"] {
+        let key = manager
+            .create(NewKey::new("acct", "IPv6 only").allowed_ips([net(supernet)]))
+            .await
+            .unwrap();
+        let secret = key.key.expose_secret();
+        for client in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            let (status, body) = call(&layer, secret, client, &[]).await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{supernet} admitted {client}"
+            );
+            assert_eq!(body["code"], "ip_not_allowed");
+        }
+        let (status, _) = call(&layer, secret, "::9", &[]).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{supernet} still admits IPv6 clients"
+        );
+    }
+    // The IPv4-mapped range is the way to write IPv4 networks in IPv6 form.
+    let mapped = manager
+        .create(NewKey::new("acct", "mapped").allowed_ips([net("::ffff:203.0.113.0/120")]))
+        .await
+        .unwrap();
+    let (status, _) = call(&layer, mapped.key.expose_secret(), "203.0.113.9", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_ipv6_supernet_of_trusted_proxies_lets_no_ipv4_peer_forge_x_forwarded_for() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let office = manager
+        .create(NewKey::new("acct", "Office").allowed_ips([net("10.0.0.0/8")]))
+        .await
+        .unwrap();
+    let layer = ApiKeyLayer::new(manager).trusted_proxies([net("::/0")]);
+    let forged = [("x-forwarded-for", "10.1.2.3")];
+    let (status, _) = call(&layer, office.key.expose_secret(), "203.0.113.9", &forged).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an IPv4 peer is not a trusted proxy"
+    );
+    let (status, _) = call(&layer, office.key.expose_secret(), "2001:db8::1", &forged).await;
+    assert_eq!(status, StatusCode::OK, "an IPv6 peer inside ::/0 is");
+}
+
+// 6. A trusted proxy that sends no forwarding header makes the proxy the client.
+
+#[tokio::test]
+async fn a_trusted_proxy_without_the_configured_header_leaves_the_client_unknown() {
+    let (logs, _guard) = capture_warnings();
+    let manager = KeyManager::new(MemoryStore::new());
+    let internal = manager
+        .create(NewKey::new("acct", "Internal").allowed_ips([net("10.0.0.0/8")]))
+        .await
+        .unwrap();
+    let open = manager.create(NewKey::new("acct", "Open")).await.unwrap();
+    // Configured for Forwarded; the proxy sends X-Forwarded-For.
+    let layer = ApiKeyLayer::new(manager)
+        .trusted_proxies([net("10.0.0.0/8")])
+        .client_ip_header(ClientIpHeader::Forwarded);
+    let sent = [("x-forwarded-for", "198.51.100.77")];
+    for _ in 0..3 {
+        let (status, body) = call(&layer, internal.key.expose_secret(), "10.0.0.2", &sent).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the proxy's own address must not match"
+        );
+        assert_eq!(body["code"], "ip_not_allowed");
+        let hint = body["hint"].as_str().unwrap();
+        assert!(hint.contains("could not determine"), "{hint}");
+        assert!(!hint.contains("10.0.0.2"), "{hint}");
+    }
+    let (status, _) = call(&layer, open.key.expose_secret(), "10.0.0.2", &sent).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a key without IP restrictions still passes"
+    );
+    let logged = logs.text();
+    assert_eq!(
+        logged.matches("sent no forwarding header").count(),
+        1,
+        "the misconfiguration is named once:\n{logged}"
+    );
+    assert!(logged.contains("forwarded"), "{logged}");
+}
+
+#[tokio::test]
+async fn a_hint_never_quotes_an_address_inside_the_trusted_proxies() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let office = manager
+        .create(NewKey::new("acct", "Office").allowed_ips([net("203.0.113.0/24")]))
+        .await
+        .unwrap();
+    let layer = ApiKeyLayer::new(manager).trusted_proxies([net("10.0.0.0/8")]);
+    let secret = office.key.expose_secret();
+    // Every hop trusted: the leftmost, an internal address, is the client.
+    let (status, body) = call(
+        &layer,
+        secret,
+        "10.0.0.1",
+        &[("x-forwarded-for", "10.0.0.7, 10.0.0.3")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let hint = body["hint"].as_str().unwrap();
+    assert!(!hint.contains("10.0.0."), "{hint}");
+    // An outside client is still named, so its holder can fix the allowlist.
+    let (status, body) = call(
+        &layer,
+        secret,
+        "10.0.0.1",
+        &[("x-forwarded-for", "198.51.100.4")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body["hint"].as_str().unwrap().contains("198.51.100.4"));
+}
