@@ -7,13 +7,19 @@ mod support;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use ipnetwork::IpNetwork;
-use tm_auth::{ApiKeyLayer, ClientIpHeader, KeyManager, MemoryStore, NewKey, PeerAddr};
+use tm_auth::clock::ManualClock;
+use tm_auth::usage::{AddressSetFull, NewIp, UsageObserver, KNOWN_ADDRESSES_PER_KEY};
+use tm_auth::{
+    ApiKeyLayer, ClientIpHeader, KeyManager, MemoryStore, NewKey, PeerAddr, UsageConfig,
+};
 use tower::{ServiceBuilder, ServiceExt};
 
 fn net(s: &str) -> IpNetwork {
@@ -216,4 +222,90 @@ async fn a_hint_never_quotes_an_address_inside_the_trusted_proxies() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body["hint"].as_str().unwrap().contains("198.51.100.4"));
+}
+
+// Also: the observer was called for every new address past a key's first 1 024.
+
+#[derive(Default)]
+struct Told {
+    new_ips: std::sync::atomic::AtomicUsize,
+    full: Mutex<Vec<AddressSetFull>>,
+}
+
+struct Counting(Arc<Told>);
+
+impl UsageObserver for Counting {
+    fn on_new_ip(&self, _: &NewIp) {
+        self.0.new_ips.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_address_set_full(&self, event: &AddressSetFull) {
+        self.0.full.lock().unwrap().push(event.clone());
+    }
+}
+
+/// Waits until the observer thread has told `new_ips` and `full` events,
+/// then a little longer to see that nothing more comes.
+async fn settle(told: &Told, new_ips: usize, full: usize) -> (usize, usize) {
+    let read = || {
+        (
+            told.new_ips.load(Ordering::SeqCst),
+            told.full.lock().unwrap().len(),
+        )
+    };
+    for _ in 0..500 {
+        if read() >= (new_ips, full) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    read()
+}
+
+#[tokio::test]
+async fn new_addresses_past_the_known_set_are_told_once_a_minute_per_key() {
+    let told = Arc::new(Told::default());
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let manager = KeyManager::new(MemoryStore::new())
+        .with_clock(clock.clone())
+        .with_usage(UsageConfig::new().observer(Counting(Arc::clone(&told))));
+    let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    let secret = created.key.expose_secret();
+    let address = |n: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)));
+    for n in 0..KNOWN_ADDRESSES_PER_KEY as u32 {
+        manager.verify(secret, address(n)).await.unwrap();
+    }
+    assert_eq!(
+        settle(&told, KNOWN_ADDRESSES_PER_KEY, 0).await,
+        (KNOWN_ADDRESSES_PER_KEY, 0)
+    );
+    // 2 000 more addresses in the same minute: one event.
+    for n in 0..2_000 {
+        manager.verify(secret, address(10_000 + n)).await.unwrap();
+    }
+    assert_eq!(
+        settle(&told, KNOWN_ADDRESSES_PER_KEY, 1).await,
+        (KNOWN_ADDRESSES_PER_KEY, 1)
+    );
+    // Known addresses are still known; the next minute tells once more.
+    clock.advance(Duration::from_secs(60));
+    for n in 0..500 {
+        manager.verify(secret, address(20_000 + n)).await.unwrap();
+        manager.verify(secret, address(n)).await.unwrap();
+    }
+    assert_eq!(
+        settle(&told, KNOWN_ADDRESSES_PER_KEY, 2).await,
+        (KNOWN_ADDRESSES_PER_KEY, 2)
+    );
+    let full = told.full.lock().unwrap().clone();
+    assert_eq!(full[0].id, created.record.id);
+    assert_eq!(full[0].known, KNOWN_ADDRESSES_PER_KEY);
+    assert_eq!(full[0].first_ip, address(10_000).unwrap());
+    assert_eq!(full[1].minute, full[0].minute + Duration::from_secs(60));
+    assert_eq!(full[1].first_ip, address(20_000).unwrap());
+    assert_eq!(
+        manager.dropped_usage_events(),
+        0,
+        "nothing was lost on the way"
+    );
 }

@@ -148,11 +148,39 @@ pub trait UsageObserver: Send + Sync + 'static {
     }
 
     /// A key was used from an address it had not been used from before (in
-    /// this process; the first use counts, and up to 1 024 addresses are
-    /// remembered per key).
+    /// this process; the first use counts). Up to
+    /// [`KNOWN_ADDRESSES_PER_KEY`] addresses are remembered per key; past
+    /// that, new addresses are no longer told one by one but summed up by
+    /// [`on_address_set_full`](UsageObserver::on_address_set_full).
     fn on_new_ip(&self, event: &NewIp) {
         let _ = event;
     }
+
+    /// A key whose set of known addresses is full was used from addresses
+    /// outside it: told at most once per key and minute, however many
+    /// addresses there are (a key used from a botnet's addresses is itself
+    /// worth an alert, not 300 000 of them).
+    fn on_address_set_full(&self, event: &AddressSetFull) {
+        let _ = event;
+    }
+}
+
+/// Most addresses remembered per key for [`UsageObserver::on_new_ip`].
+pub const KNOWN_ADDRESSES_PER_KEY: usize = 1024;
+
+/// A key whose set of known addresses is full was used from an address
+/// outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AddressSetFull {
+    /// The key.
+    pub id: KeyId,
+    /// The start of the minute this event covers.
+    pub minute: SystemTime,
+    /// The first address outside the set seen in that minute.
+    pub first_ip: IpAddr,
+    /// How many addresses the set holds: [`KNOWN_ADDRESSES_PER_KEY`].
+    pub known: usize,
 }
 
 /// A minute in which a key's requests reached its spike threshold.
@@ -271,11 +299,16 @@ pub(crate) enum Event {
 /// Delivers events to the observer, remembering each key's addresses.
 pub(crate) struct Dispatcher {
     observer: Arc<dyn UsageObserver>,
-    seen: std::collections::HashMap<KeyId, std::collections::HashSet<IpAddr>>,
+    seen: std::collections::HashMap<KeyId, Seen>,
 }
 
-/// Most addresses remembered per key for new-address events.
-const SEEN_PER_KEY: usize = 1024;
+/// A key's known addresses, and the last minute an address outside a full
+/// set was told.
+#[derive(Default)]
+struct Seen {
+    addresses: std::collections::HashSet<IpAddr>,
+    full_told_minute: Option<u64>,
+}
 
 impl Dispatcher {
     pub(crate) fn new(observer: Arc<dyn UsageObserver>) -> Dispatcher {
@@ -290,13 +323,25 @@ impl Dispatcher {
             Event::Spike(spike) => self.observer.on_spike(&spike),
             Event::NewIp(new_ip) => {
                 let seen = self.seen.entry(new_ip.id).or_default();
-                if seen.contains(&new_ip.ip) {
+                if seen.addresses.contains(&new_ip.ip) {
                     return;
                 }
-                if seen.len() < SEEN_PER_KEY {
-                    seen.insert(new_ip.ip);
+                if seen.addresses.len() < KNOWN_ADDRESSES_PER_KEY {
+                    seen.addresses.insert(new_ip.ip);
+                    self.observer.on_new_ip(&new_ip);
+                    return;
                 }
-                self.observer.on_new_ip(&new_ip);
+                let minute = crate::clock::millis_since_epoch(new_ip.at) / 60_000;
+                if seen.full_told_minute == Some(minute) {
+                    return;
+                }
+                seen.full_told_minute = Some(minute);
+                self.observer.on_address_set_full(&AddressSetFull {
+                    id: new_ip.id,
+                    minute: time_of(minute * 60_000),
+                    first_ip: new_ip.ip,
+                    known: KNOWN_ADDRESSES_PER_KEY,
+                });
             }
         }
     }
