@@ -18,7 +18,7 @@ use ipnetwork::IpNetwork;
 use tm_auth::clock::ManualClock;
 use tm_auth::usage::{AddressSetFull, NewIp, UsageObserver, KNOWN_ADDRESSES_PER_KEY};
 use tm_auth::{
-    ApiKeyLayer, ClientIpHeader, KeyManager, MemoryStore, NewKey, PeerAddr, UsageConfig,
+    ApiKeyLayer, ClientIpHeader, KeyManager, KeyUpdate, MemoryStore, NewKey, PeerAddr, UsageConfig,
 };
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -308,4 +308,58 @@ async fn new_addresses_past_the_known_set_are_told_once_a_minute_per_key() {
         0,
         "nothing was lost on the way"
     );
+}
+
+// 4. An SQL update racing a revocation reported `Revoked` although it applied.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_racing_a_revocation_on_sqlite_is_reported_as_what_it_did() {
+    let path = std::env::temp_dir().join(format!("tm-auth-race-{}.db", tm_auth::KeyId::generate()));
+    let store = tm_auth::store::sqlite::SqliteStore::open(&path)
+        .await
+        .unwrap();
+    let manager = KeyManager::new(store.clone());
+    for round in 0..100 {
+        let created = manager
+            .create(NewKey::new("acct", "Original"))
+            .await
+            .unwrap();
+        let id = created.record.id;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let updater = manager.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = format!("update {i}");
+                let result = updater.update(&id, KeyUpdate::new().name(&name)).await;
+                (name, result)
+            }));
+            if i == 3 {
+                let revoker = manager.clone();
+                tasks.push(tokio::spawn(async move {
+                    revoker.revoke(&id).await.unwrap();
+                    (String::new(), Err(tm_auth::ManagerError::NotFound))
+                }));
+            }
+        }
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        let stored = manager.get(&id).await.unwrap();
+        assert!(stored.revoked_at.is_some());
+        for (name, result) in outcomes.iter().filter(|(name, _)| !name.is_empty()) {
+            match result {
+                Ok(record) => assert_eq!(&record.name, name, "round {round}"),
+                Err(tm_auth::ManagerError::Revoked) => assert_ne!(
+                    &stored.name, name,
+                    "round {round}: {name} answered Revoked, yet the key carries it"
+                ),
+                Err(other) => panic!("round {round}: {other}"),
+            }
+        }
+    }
+    store.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }

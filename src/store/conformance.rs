@@ -531,6 +531,86 @@ async fn concurrency_loses_nothing(store: Arc<dyn KeyStore>) -> Outcome {
     Ok(())
 }
 
+/// Eight updates race one revocation, over many rounds: an update the store
+/// reports as refused (it answered with the record revoked) must not have
+/// been applied, and one it reports as applied answers with its change.
+async fn update_racing_revoke_is_reported_truly(store: &dyn KeyStore) -> Outcome {
+    const ROUNDS: usize = 50;
+    const UPDATES: usize = 8;
+    for round in 0..ROUNDS {
+        let record = sample_record("acct_race");
+        insert(store, &record).await?;
+        let id = record.id;
+        let mut updates: Vec<_> = (0..UPDATES)
+            .map(|i| {
+                let change = StoreUpdate {
+                    name: Some(format!("update {i}")),
+                    ..StoreUpdate::default()
+                };
+                async move { store.update(&id, &change).await }
+            })
+            .collect();
+        // The revocation starts in the middle of the updates.
+        let later = updates.split_off(UPDATES / 2);
+        let revoke = async { store.revoke(&id, at_ms(1_767_225_700_000)).await };
+        let (before, (revoked, after)) =
+            futures_join(join_all(updates), futures_join(revoke, join_all(later))).await;
+        revoked.map_err(|e| format!("revoke failed: {e}"))?;
+        let finally = store
+            .get(&id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the raced record is gone")?;
+        for (i, answer) in before.into_iter().chain(after).enumerate() {
+            let answer = answer
+                .map_err(|e| format!("update failed: {e}"))?
+                .ok_or("update answered None for a stored key")?;
+            let name = format!("update {i}");
+            if answer.revoked_at.is_some() {
+                ensure!(
+                    finally.name != name,
+                    "round {round}: {name} was reported refused (the record came back revoked) \
+                     but the stored record carries it"
+                );
+            } else {
+                ensure!(
+                    answer.name == name,
+                    "round {round}: {name} was reported applied, but the answer is named {:?}",
+                    answer.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls two futures together until both have finished.
+async fn futures_join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (Box::pin(a), Box::pin(b));
+    let (mut out_a, mut out_b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if out_a.is_none() {
+            if let std::task::Poll::Ready(value) = a.as_mut().poll(cx) {
+                out_a = Some(value);
+            }
+        }
+        if out_b.is_none() {
+            if let std::task::Poll::Ready(value) = b.as_mut().poll(cx) {
+                out_b = Some(value);
+            }
+        }
+        match (out_a.take(), out_b.take()) {
+            (Some(a), Some(b)) => std::task::Poll::Ready((a, b)),
+            (a, b) => {
+                out_a = a;
+                out_b = b;
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 /// Polls all futures together until each has finished.
 async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
@@ -584,6 +664,7 @@ where
     check!(revocation_is_final);
     check!(usage_adds_up);
     check!(answers_now_agree);
+    check!(update_racing_revoke_is_reported_truly);
     let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
     if let Err(problem) = concurrency_loses_nothing(store).await {
         failures.push(Failure {

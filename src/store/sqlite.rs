@@ -191,9 +191,10 @@ impl KeyStore for SqliteStore {
         update: &StoreUpdate,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // One statement: a revoked key is untouched and an expiry only ever
-        // moves earlier, whatever runs beside it.
+        // moves earlier, whatever runs beside it; whether it applied is
+        // whether it returned the row.
         let limit = update.rate_limit;
-        sqlx::query(
+        let applied = sqlx::query(&format!(
             "UPDATE tm_auth_keys SET
                 name = COALESCE(?1, name),
                 allowed_ips = COALESCE(?2, allowed_ips),
@@ -203,8 +204,9 @@ impl KeyStore for SqliteStore {
                     ELSE expires_at_ms END,
                 rate_limit_requests = CASE WHEN ?4 THEN ?5 ELSE rate_limit_requests END,
                 rate_limit_window_ms = CASE WHEN ?4 THEN ?6 ELSE rate_limit_window_ms END
-             WHERE id = ?7 AND revoked_at_ms IS NULL",
-        )
+             WHERE id = ?7 AND revoked_at_ms IS NULL
+             RETURNING {COLUMNS}",
+        ))
         .bind(update.name.as_deref())
         .bind(update.allowed_ips.as_deref().map(allowlist_text))
         .bind(update.expires_at.map(to_ms))
@@ -212,10 +214,16 @@ impl KeyStore for SqliteStore {
         .bind(limit.flatten().map(|l| i64::from(l.requests())))
         .bind(limit.flatten().map(|l| count(l.window_ms())))
         .bind(id_bytes(id))
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        self.record_by_id(id).await
+        // What the statement wrote, not a second read: a revocation that
+        // lands between the two would make an applied update look refused.
+        match applied {
+            Some(row) => record_from(&row).map(Some),
+            // Refused (revoked) or unknown: the record as it is, if any.
+            None => self.record_by_id(id).await,
+        }
     }
 
     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
