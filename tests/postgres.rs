@@ -494,3 +494,104 @@ async fn a_database_that_goes_away_fails_closed_and_recovers_when_back() {
     .await;
     println!("revocation after the database came back: refused after {elapsed:?}");
 }
+
+/// A connection of its own to `schema`, as a DBA's session would be.
+async fn session(schema: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect_with(&options().options([("search_path", schema)]))
+        .await
+        .expect("connect to PostgreSQL")
+}
+
+fn id_bytes(id: &tm_auth::KeyId) -> Vec<u8> {
+    id.as_u128().to_le_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_made_in_replica_role_reaches_a_cached_server() {
+    let config = CacheConfig::new();
+    let bound = config.staleness();
+    let (one, two, cache, schema) = two_servers(config).await;
+    let created = one.create(NewKey::new("acct", "Restored")).await.unwrap();
+    warm(&two, &cache, &created).await;
+    // What pg_restore --disable-triggers and logical replication do.
+    let mut dba = session(&schema).await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    let revoke = async {
+        sqlx::query("UPDATE tm_auth_keys SET revoked_at_ms = 1 WHERE id = $1")
+            .bind(id_bytes(&created.record.id))
+            .execute(&mut dba)
+            .await
+            .unwrap();
+    };
+    let took = propagation(
+        &two,
+        created.key.expose_secret(),
+        "api_key_revoked",
+        bound,
+        revoke,
+    )
+    .await;
+    println!("replica-role revocation propagation: {took:?}");
+    let accepted = accepted_of(&two, created.key.expose_secret(), 200).await;
+    assert_eq!(accepted, 0, "accepted after the revocation was seen");
+}
+
+/// How many of `n` verifications of `secret` on `two` succeed.
+async fn accepted_of(two: &KeyManager, secret: &str, n: usize) -> usize {
+    let mut accepted = 0;
+    for _ in 0..n {
+        if two.verify(secret, client()).await.is_ok() {
+            accepted += 1;
+        }
+    }
+    accepted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_no_trigger_announces_is_refused_within_max_age() {
+    let max_age = Duration::from_millis(500);
+    let (one, two, cache, schema) = two_servers(CacheConfig::new().max_age(max_age)).await;
+    let created = one
+        .create(NewKey::new("acct", "Unannounced"))
+        .await
+        .unwrap();
+    warm(&two, &cache, &created).await;
+    // A dump restored without its triggers: nothing will be announced.
+    let mut dba = session(&schema).await;
+    sqlx::raw_sql("ALTER TABLE tm_auth_keys DISABLE TRIGGER ALL")
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    let revoke = async {
+        sqlx::query("UPDATE tm_auth_keys SET revoked_at_ms = 1 WHERE id = $1")
+            .bind(id_bytes(&created.record.id))
+            .execute(&mut dba)
+            .await
+            .unwrap();
+    };
+    // The cache is trusted throughout (heartbeats keep coming): only the
+    // entry's age makes it read the record again.
+    let took = propagation(
+        &two,
+        created.key.expose_secret(),
+        "api_key_revoked",
+        max_age + Duration::from_millis(500),
+        revoke,
+    )
+    .await;
+    println!("unannounced revocation refused after {took:?} (max_age {max_age:?})");
+    assert!(cache.is_trusted());
+    assert_eq!(accepted_of(&two, created.key.expose_secret(), 50).await, 0);
+}
+
+#[test]
+fn the_default_max_age_bounds_unannounced_changes_to_30_seconds() {
+    assert_eq!(
+        tm_auth::store::cache::DEFAULT_MAX_AGE,
+        Duration::from_secs(30)
+    );
+}

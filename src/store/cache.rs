@@ -60,13 +60,18 @@ pub struct CacheConfig {
     max_staleness: Duration,
 }
 
+/// How long a cached key's record is served before it is read again, unless
+/// configured otherwise: the bound on a change that no notification ever
+/// announces (see [`CacheConfig::max_age`]).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
+
 impl Default for CacheConfig {
     fn default() -> CacheConfig {
         CacheConfig {
             positive_capacity: 100_000,
             negative_capacity: 10_000,
             negative_ttl: Duration::from_secs(5),
-            max_age: Duration::from_secs(300),
+            max_age: DEFAULT_MAX_AGE,
             max_staleness: Duration::from_secs(3),
         }
     }
@@ -74,8 +79,8 @@ impl Default for CacheConfig {
 
 impl CacheConfig {
     /// The defaults: 100 000 keys, 10 000 unknown hashes for 5 s each,
-    /// entries re-read after 5 minutes, trusted for 3 s past the feed's
-    /// last proof of life.
+    /// entries re-read after 30 seconds ([`DEFAULT_MAX_AGE`]), trusted for
+    /// 3 s past the feed's last proof of life.
     pub fn new() -> CacheConfig {
         CacheConfig::default()
     }
@@ -102,7 +107,12 @@ impl CacheConfig {
     }
 
     /// How long a key's record is served before it is read again, whatever
-    /// the feed says: a last defence against a lost notification.
+    /// the feed says: a last defence against a change no notification
+    /// announces (a trigger dropped by a restore, a write to another copy of
+    /// the table). Such a change is refused here at most this long after it
+    /// is made. Each cached key in use then costs one lookup in the store
+    /// per `age`; the key's usage counters and rate-limit window are kept
+    /// across the re-read.
     pub fn max_age(mut self, age: Duration) -> CacheConfig {
         self.max_age = age;
         self

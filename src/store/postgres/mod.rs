@@ -75,6 +75,14 @@ CREATE TRIGGER tm_auth_keys_announce AFTER INSERT OR UPDATE OR DELETE ON tm_auth
 CREATE TRIGGER tm_auth_keys_announce_truncate AFTER TRUNCATE ON tm_auth_keys
     FOR EACH STATEMENT EXECUTE FUNCTION tm_auth_announce_change();
 "#,
+    r#"
+-- Announce changes made with `session_replication_role = replica` too
+-- (what `pg_restore --disable-triggers`, logical replication's apply worker
+-- and many maintenance scripts set): an ordinary trigger stays silent then,
+-- and a revocation made that way would be served from every cache.
+ALTER TABLE tm_auth_keys ENABLE ALWAYS TRIGGER tm_auth_keys_announce;
+ALTER TABLE tm_auth_keys ENABLE ALWAYS TRIGGER tm_auth_keys_announce_truncate;
+"#,
 ];
 
 /// Keys in PostgreSQL, shared by every app server that connects: the
