@@ -76,6 +76,7 @@ mod key;
 mod manager;
 pub mod middleware;
 mod net;
+mod rate_limit;
 mod record;
 #[cfg(feature = "client")]
 pub mod scan;

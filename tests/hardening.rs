@@ -363,3 +363,73 @@ async fn an_update_racing_a_revocation_on_sqlite_is_reported_as_what_it_did() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+// 2. Rate-limit windows reset when the cache refills.
+
+/// Sends the same 60 requests of a key limited to 5 an hour through a cache
+/// of `capacity` keys over `store`, evicting the key with other keys'
+/// requests and dropping the feed now and then; returns how many of the 60
+/// were admitted.
+async fn admitted_through_a_churning_cache(
+    store: impl tm_auth::KeyStore + Clone,
+    capacity: usize,
+    use_the_layer: bool,
+) -> usize {
+    use tm_auth::store::cache::{CacheConfig, CachedStore};
+    use tm_auth::RateLimit;
+    let cached = CachedStore::new(store, CacheConfig::new().positive_capacity(capacity));
+    let feed = cached.invalidator();
+    feed.synced(std::time::Instant::now() + Duration::from_secs(3600));
+    let manager = KeyManager::new(cached.clone());
+    let limited = manager
+        .create(NewKey::new("acct", "Limited").rate_limit(RateLimit::new(5, Duration::from_secs(3600))))
+        .await
+        .unwrap();
+    let mut others = Vec::new();
+    for i in 0..4 {
+        others.push(manager.create(NewKey::new("acct", format!("Other {i}"))).await.unwrap());
+    }
+    let layer = ApiKeyLayer::new(manager.clone());
+    let mut admitted = 0;
+    for i in 0..60 {
+        let ok = if use_the_layer {
+            call(&layer, limited.key.expose_secret(), "203.0.113.9", &[]).await.0 == StatusCode::OK
+        } else {
+            manager.verify(limited.key.expose_secret(), None).await.is_ok()
+        };
+        admitted += usize::from(ok);
+        // Other keys' requests evict the limited key from a full cache.
+        for other in &others {
+            manager.verify(other.key.expose_secret(), None).await.unwrap();
+        }
+        match i % 10 {
+            // The feed drops (lookups go to the store) ...
+            3 => feed.disconnected(),
+            // ... and comes back: the cache starts empty.
+            6 => feed.synced(std::time::Instant::now() + Duration::from_secs(3600)),
+            _ => {}
+        }
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn a_rate_limit_window_survives_cache_evictions_refills_and_feed_drops() {
+    // A store that must be waited on, as PostgreSQL is.
+    for capacity in [1, 2, 100_000] {
+        let remote = support::FaultyStore::new();
+        assert_eq!(
+            admitted_through_a_churning_cache(remote, capacity, false).await,
+            5,
+            "capacity {capacity}, KeyManager::verify"
+        );
+        let remote = support::FaultyStore::new();
+        assert_eq!(
+            admitted_through_a_churning_cache(remote, capacity, true).await,
+            5,
+            "capacity {capacity}, through the layer"
+        );
+    }
+    // A store that answers at once from entries of its own.
+    assert_eq!(admitted_through_a_churning_cache(MemoryStore::new(), 1, true).await, 5);
+}

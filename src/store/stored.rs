@@ -796,7 +796,7 @@ mod tests {
     #[test]
     fn what_verification_reads_is_one_aligned_block() {
         assert_eq!(std::mem::offset_of!(Hot, counters), 64);
-        assert_eq!(std::mem::size_of::<Hot>(), 128);
+        assert!(std::mem::size_of::<Hot>() <= 128);
         assert_eq!(std::mem::size_of::<AlignedHot>(), 128);
         assert_eq!(std::mem::align_of::<AlignedHot>(), 128);
         // Unused keys pay for this with the hot part (BENCHMARKS.md's

@@ -11,10 +11,8 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use super::{pack, unpack, RateLimitStatus};
-use crate::record::RateLimit;
+use super::{pack, unpack};
 
 /// What counting one successful request found.
 pub(crate) struct Counted {
@@ -30,8 +28,9 @@ pub(crate) struct Counted {
 }
 
 /// One cache line of counters: successful requests, the last use and its
-/// address, the minute being counted, the rate-limit window and the spike
-/// threshold of the current minute.
+/// address, the minute being counted and the spike threshold of the current
+/// minute. (A key's rate-limit window is not here: it is kept by key id, see
+/// [`Window`](crate::rate_limit::Window).)
 #[derive(Default)]
 #[repr(C)]
 pub(crate) struct Counters {
@@ -41,8 +40,6 @@ pub(crate) struct Counters {
     /// the minute's count is how far `requests` has moved since, so a
     /// request costs one atomic increment, not two.
     current: AtomicU64,
-    /// (window index, requests let in) of the rate-limit window.
-    window: AtomicU64,
     /// (epoch minute, spike threshold for that minute).
     spike: AtomicU64,
     last_ip: IpCell,
@@ -154,38 +151,6 @@ impl Counters {
             .store(pack(minute, threshold.max(1)), Ordering::Relaxed);
     }
 
-    /// Lets a request into the rate-limit window or says how long to wait.
-    /// A refused request does not use up quota.
-    pub(crate) fn take(&self, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
-        let window_ms = limit.window_ms().max(1);
-        let index = now_ms / window_ms;
-        let reset = Duration::from_millis((index + 1) * window_ms - now_ms);
-        let index = index as u32;
-        let mut current = self.window.load(Ordering::Relaxed);
-        loop {
-            let (at, used) = unpack(current);
-            let used = if at == index { used } else { 0 };
-            if used >= limit.requests() {
-                return Err(reset);
-            }
-            match self.window.compare_exchange_weak(
-                current,
-                pack(index, used + 1),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Ok(RateLimitStatus {
-                        limit: limit.requests(),
-                        remaining: limit.requests() - used - 1,
-                        reset,
-                    })
-                }
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
     /// Adds what `other` counted into this block (`other` is no longer
     /// written to).
     pub(crate) fn absorb(&self, other: &Counters) {
@@ -204,7 +169,6 @@ impl Counters {
             &self.requests,
             &self.last_used_ms,
             &self.current,
-            &self.window,
             &self.spike,
             &self.last_ip.seq,
             &self.last_ip.high,
@@ -372,8 +336,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_block_is_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Counters>(), 64);
+    fn one_block_fits_one_cache_line() {
+        assert!(std::mem::size_of::<Counters>() <= 64);
     }
 
     #[test]
@@ -419,28 +383,6 @@ mod tests {
         c.reset();
         assert_eq!((c.requests(), c.last_used_ms(), c.last_ip()), (0, 0, None));
         assert_eq!(c.current_minute(), (0, 0));
-    }
-
-    #[test]
-    fn windows_are_exact_and_refusals_take_no_quota() {
-        let counters = Counters::default();
-        let limit = RateLimit::new(3, Duration::from_secs(10));
-        let start = 1_000_000_000u64; // on a 10 s boundary
-        for remaining in [2, 1, 0] {
-            assert_eq!(
-                counters.take(limit, start + 1).unwrap().remaining,
-                remaining
-            );
-        }
-        for _ in 0..5 {
-            assert_eq!(
-                counters.take(limit, start + 2_500),
-                Err(Duration::from_millis(7_500))
-            );
-        }
-        let next = counters.take(limit, start + 10_000).unwrap();
-        assert_eq!(next.remaining, 2, "the window rolled over");
-        assert_eq!(next.reset, Duration::from_secs(10));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::counters::{Counters, Minutes};
 use super::{time_of, Event, KeyUsage, MinuteUsage, NewIp, Rejection, Spike};
 use super::{RateLimitStatus, UsageConfig, UsageSample};
 use crate::clock::{millis_since_epoch, Clock};
+use crate::rate_limit::Window;
 use crate::record::{KeyId, KeyRecord, RateLimit, UniformHasher};
 use crate::store::stored::Entry;
 use crate::store::{Rejections, StoredKeyRef, UsageDelta, UsageTotals};
@@ -59,6 +60,8 @@ impl Subject<'_> {
 pub(crate) struct Tracked {
     /// Counts made where no entry held them.
     own: Counters,
+    /// The key's rate-limit window, whichever block counts its requests.
+    window: Window,
     /// Store entries whose inline counters count this key for this tracker.
     entries: Mutex<Vec<StoredKeyRef>>,
     rejected: [AtomicU64; 5],
@@ -81,6 +84,7 @@ impl Tracked {
     fn new(history_minutes: usize) -> Tracked {
         Tracked {
             own: Counters::default(),
+            window: Window::default(),
             entries: Mutex::new(Vec::new()),
             rejected: Default::default(),
             sent_requests: AtomicU64::new(0),
@@ -269,12 +273,9 @@ impl Tracker {
         limit: RateLimit,
         now_ms: u64,
     ) -> Result<RateLimitStatus, Duration> {
-        let taken = match self.inline(&subject) {
-            Some(counters) => counters.take(limit, now_ms),
-            None => {
-                let guard = self.keys.guard();
-                self.tracked(subject.id(), &guard).own.take(limit, now_ms)
-            }
+        let taken = {
+            let guard = self.keys.guard();
+            self.tracked(subject.id(), &guard).window.take(limit, now_ms)
         };
         if taken.is_err() {
             self.rejected(subject, Rejection::RateLimited);
