@@ -51,14 +51,16 @@ use axum::routing::{patch, post};
 use axum::Router;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::key::Environment;
 use crate::manager::{CreatedKey, KeyManager};
+use crate::page::{Page, MAX_PAGE};
 use crate::record::{KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey};
+use crate::usage::KeyUsage;
 use crate::ManagerError;
 
 /// The routes, as `(method, path)`: what `openapi/admin.json` must describe.
@@ -69,6 +71,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/keys/{id}/revoke"),
     ("post", "/keys/{id}/rotate"),
 ];
+
+/// Keys on a page of `GET /keys` when no `limit` is given.
+pub const DEFAULT_PAGE: usize = 100;
 
 /// Rotation's grace period when none is given: a day.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -133,11 +138,12 @@ impl FromRequestParts<Admin> for Owner {
     }
 }
 
-/// An error answer: `{"error", "code"}`.
+/// An error answer: `{"error", "code"}`, and `"hint"` where one helps.
 struct Problem {
     status: StatusCode,
     code: &'static str,
     message: String,
+    hint: Option<&'static str>,
 }
 
 impl Problem {
@@ -146,7 +152,13 @@ impl Problem {
             status,
             code,
             message: message.into(),
+            hint: None,
         }
+    }
+
+    fn with_hint(mut self, hint: &'static str) -> Problem {
+        self.hint = Some(hint);
+        self
     }
 
     fn bad(code: &'static str, message: impl Into<String>) -> Problem {
@@ -164,10 +176,11 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        json(
-            self.status,
-            &serde_json::json!({"error": self.message, "code": self.code}),
-        )
+        let mut body = serde_json::json!({"error": self.message, "code": self.code});
+        if let Some(hint) = self.hint {
+            body["hint"] = hint.into();
+        }
+        json(self.status, &body)
     }
 }
 
@@ -177,9 +190,19 @@ impl From<ManagerError> for Problem {
             ManagerError::InvalidName(err) => {
                 Problem::bad("invalid_name", format!("Invalid name: {err}"))
             }
-            ManagerError::TooManyAllowedIps { .. } => {
+            ManagerError::InvalidAllowlist { .. } => {
                 Problem::bad("too_many_ip_restrictions", err.to_string())
             }
+            ManagerError::TooManyKeys { limit } => Problem::new(
+                StatusCode::CONFLICT,
+                "too_many_keys",
+                format!("This account already has {limit} active API keys, the most it may have"),
+            )
+            .with_hint(
+                "Revoke the keys you no longer use, then create the new one. \
+                 (To replace a key, rotating it with a grace period of 0 needs no room.)",
+            ),
+            ManagerError::InvalidPage { .. } => Problem::bad("invalid_page", err.to_string()),
             ManagerError::NotFound => Problem::not_found(),
             ManagerError::Revoked => {
                 Problem::new(StatusCode::CONFLICT, "key_revoked", err.to_string())
@@ -236,7 +259,12 @@ struct UsageView {
 impl Admin {
     async fn view(&self, record: &KeyRecord) -> Result<View, Problem> {
         let usage = self.manager.usage(&record.id).await?;
-        Ok(View {
+        Ok(self.view_with(record, Some(&usage)))
+    }
+
+    /// `record` with `usage` (none: nothing counted yet).
+    fn view_with(&self, record: &KeyRecord, usage: Option<&KeyUsage>) -> View {
+        View {
             id: record.id.to_string(),
             name: record.name.clone(),
             environment: environment_name(record.environment),
@@ -251,12 +279,12 @@ impl Admin {
             revoked_at: record.revoked_at.map(rfc3339),
             allowed_ips: record.allowed_ips.iter().map(ToString::to_string).collect(),
             usage: UsageView {
-                requests: usage.requests,
-                rejected: usage.rejected,
-                last_used_at: usage.last_used_at.map(rfc3339),
-                last_used_ip: usage.last_used_ip,
+                requests: usage.map_or(0, |u| u.requests),
+                rejected: usage.map_or(0, |u| u.rejected),
+                last_used_at: usage.and_then(|u| u.last_used_at).map(rfc3339),
+                last_used_ip: usage.and_then(|u| u.last_used_ip),
             },
-        })
+        }
     }
 
     /// The owner's key with this id; 404 for a malformed id, an unknown one
@@ -340,6 +368,8 @@ fn body(
         ));
     };
     if let Some(field) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        // Echoed bounded: the name is the caller's, of any length.
+        let field = shortened(field, MAX_ECHO);
         let allowed = allowed
             .iter()
             .map(|f| format!("`{f}`"))
@@ -389,13 +419,23 @@ fn allowlist_field(fields: &Map<String, Value>) -> Result<Option<Vec<IpNetwork>>
     Ok(Some(networks))
 }
 
+/// Most characters of the caller's own input an error message quotes.
+const MAX_ECHO: usize = 64;
+
+/// `text` cut to `max` characters, with `…` when it was cut.
+fn shortened(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 /// An entry as the user sent it, shortened for an error message.
 fn entry_text(entry: &Value) -> String {
-    let text = match entry {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    text.chars().take(60).collect()
+    match entry {
+        Value::String(s) => shortened(s, MAX_ECHO),
+        other => shortened(&other.to_string(), MAX_ECHO),
+    }
 }
 
 async fn create(
@@ -430,13 +470,59 @@ async fn create(
     admin.created(created, None).await
 }
 
-async fn list(State(admin): State<Admin>, Owner(owner): Owner) -> Result<Response, Problem> {
-    let records = admin.manager.list(&owner).await?;
-    let mut keys = Vec::with_capacity(records.len());
-    for record in &records {
-        keys.push(admin.view(record).await?);
+async fn list(
+    State(admin): State<Admin>,
+    Owner(owner): Owner,
+    uri: Uri,
+) -> Result<Response, Problem> {
+    let page = page_query(uri.query().unwrap_or_default())?;
+    let page = admin.manager.list_page(&owner, page).await?;
+    let ids: Vec<KeyId> = page.iter().map(|record| record.id).collect();
+    // One store call for the whole page's usage.
+    let usage = admin.manager.usage_batch(&ids).await?;
+    let keys: Vec<View> = page
+        .iter()
+        .zip(usage)
+        .map(|(record, usage)| admin.view_with(record, usage.as_ref()))
+        .collect();
+    let next = page.next.map(|id| id.to_string());
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "keys": keys, "next": next }),
+    ))
+}
+
+/// `limit` (1 to 1 000, default [`DEFAULT_PAGE`]) and `after` (a key id,
+/// the previous page's `next`) from `GET /keys`'s query. Other parameters
+/// are ignored.
+fn page_query(query: &str) -> Result<Page, Problem> {
+    let mut page = Page::first(DEFAULT_PAGE);
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                page.limit = match value.parse::<usize>() {
+                    Ok(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
+                    _ => {
+                        return Err(Problem::bad(
+                            "invalid_page",
+                            format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
+                        ))
+                    }
+                }
+            }
+            "after" => {
+                page.after = Some(value.parse().map_err(|_| {
+                    Problem::bad(
+                        "invalid_page",
+                        "`after` is a key id: the `next` of the previous page",
+                    )
+                })?)
+            }
+            _ => {}
+        }
     }
-    Ok(json(StatusCode::OK, &serde_json::json!({ "keys": keys })))
+    Ok(page)
 }
 
 async fn edit(

@@ -234,13 +234,32 @@ pub enum ManagerError {
     /// The owner was refused.
     #[error("invalid owner: {0}")]
     InvalidOwner(TextError),
-    /// The IP allowlist has too many entries.
-    #[error("an IP allowlist holds at most {max} networks; {actual} were given")]
-    TooManyAllowedIps {
-        /// The limit.
+    /// The IP allowlist holds more networks than
+    /// [`KeyLimits::allowed_ips_per_key`](crate::KeyLimits::allowed_ips_per_key)
+    /// allows.
+    #[error("an IP allowlist holds at most {limit} networks; {given} were given")]
+    InvalidAllowlist {
+        /// The most networks an allowlist may hold.
+        limit: usize,
+        /// How many were given.
+        given: usize,
+    },
+    /// The owner already has as many active keys as
+    /// [`KeyLimits::active_keys_per_owner`](crate::KeyLimits::active_keys_per_owner)
+    /// allows; nothing was created.
+    #[error("this account already has {limit} active API keys, the most it may have: revoke keys it no longer uses, then try again")]
+    TooManyKeys {
+        /// The most active keys an owner may have.
+        limit: usize,
+    },
+    /// The page asked for is out of range: its `limit` is 0 or over
+    /// [`MAX_PAGE`](crate::MAX_PAGE).
+    #[error("a page holds 1 to {max} keys; {given} were asked for")]
+    InvalidPage {
+        /// The largest page.
         max: usize,
-        /// What was given.
-        actual: usize,
+        /// The limit asked for.
+        given: usize,
     },
     /// The rate limit cannot be used (zero requests, or a window outside
     /// 1 second to 31 days).

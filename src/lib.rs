@@ -73,9 +73,11 @@ pub mod clock;
 mod error;
 pub mod header;
 mod key;
+mod limits;
 mod manager;
 pub mod middleware;
 mod net;
+mod page;
 mod rate_limit;
 mod record;
 #[cfg(feature = "client")]
@@ -89,14 +91,16 @@ pub use key::{
     Environment, InvalidHint, KeyFormatError, KeyHash, KeyHint, RandomnessError, TmKey,
     UnknownEnvironment, KEY_LEN,
 };
+pub use limits::{KeyLimits, DEFAULT_ACTIVE_KEYS_PER_OWNER, DEFAULT_ALLOWED_IPS_PER_KEY};
 pub use manager::{AuthenticatedKey, CreatedKey, KeyManager, VerifyOptions, DEFAULT_STORE_TIMEOUT};
 pub use middleware::{
     ApiKeyLayer, ApiKeyService, ClientIpHeader, InvalidRealm, PeerAddr, Realm, ResponseBody,
     ResponseFuture,
 };
+pub use page::{KeyPage, Page, MAX_PAGE};
 pub use record::{
     InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, RateLimit, TextError,
-    MAX_ALLOWED_IPS, MAX_TEXT_LEN, RATE_LIMIT_WINDOWS,
+    MAX_TEXT_LEN, RATE_LIMIT_WINDOWS,
 };
 pub use store::{KeyStore, MemoryStore, StoreError};
 pub use usage::{KeyUsage, RateLimitStatus, UsageConfig, UsageObserver, UsageTask};

@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime};
 use crate::clock::{millis_since_epoch, Clock, SystemClock};
 use crate::error::{AuthError, ManagerError};
 use crate::key::{Environment, KeyHash, KeyHint, TmKey};
+use crate::limits::{KeyLimits, OwnerLocks};
+use crate::page::{KeyPage, Page, MAX_PAGE};
 use crate::record::{
     validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, RateLimit,
-    MAX_ALLOWED_IPS,
 };
 use crate::store::stored::Entry;
 use crate::store::{KeyStore, StoreError, StoreUpdate, StoredKeyRef};
@@ -68,6 +69,10 @@ struct Inner {
     clock: Arc<dyn Clock>,
     store_timeout: Duration,
     usage: Arc<Tracker>,
+    limits: KeyLimits,
+    /// Shared by every manager built from this one, so their creations for
+    /// one owner are serialised together.
+    owner_locks: Arc<OwnerLocks>,
 }
 
 /// A key just created: the key itself (shown once, never stored) and its record.
@@ -276,6 +281,8 @@ impl KeyManager {
                 clock: Arc::new(SystemClock),
                 store_timeout: DEFAULT_STORE_TIMEOUT,
                 usage: Arc::new(Tracker::new(UsageConfig::default())),
+                limits: KeyLimits::default(),
+                owner_locks: Arc::new(OwnerLocks::new()),
             }),
         }
     }
@@ -287,6 +294,8 @@ impl KeyManager {
             clock: Arc::clone(&self.inner.clock),
             store_timeout: self.inner.store_timeout,
             usage: Arc::clone(&self.inner.usage),
+            limits: self.inner.limits,
+            owner_locks: Arc::clone(&self.inner.owner_locks),
         };
         change(&mut inner);
         KeyManager {
@@ -336,6 +345,17 @@ impl KeyManager {
         self.rebuilt(|inner| inner.store_timeout = timeout)
     }
 
+    /// Limits what one owner may hold (see [`KeyLimits`]; by default 100
+    /// active keys per owner and 64 networks per allowlist).
+    pub fn with_limits(self, limits: KeyLimits) -> KeyManager {
+        self.rebuilt(|inner| inner.limits = limits)
+    }
+
+    /// The limits this manager enforces.
+    pub fn limits(&self) -> &KeyLimits {
+        &self.inner.limits
+    }
+
     /// The store this manager works on.
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.inner.store
@@ -369,12 +389,40 @@ impl KeyManager {
 
     /// Creates a key. The returned [`CreatedKey::key`] is the only time the
     /// key is seen; the store keeps its hash.
+    ///
+    /// Refused with [`ManagerError::TooManyKeys`] when the owner already
+    /// has as many active keys as [`KeyLimits`] allows.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManagerError> {
+        self.create_within_limit(new, false).await
+    }
+
+    /// Creates a key once the owner has room for it. `replacing` says the
+    /// new key takes the place of an active key that ends as it starts (a
+    /// rotation with no grace period), so it needs no room of its own.
+    async fn create_within_limit(
+        &self,
+        new: NewKey,
+        replacing: bool,
+    ) -> Result<CreatedKey, ManagerError> {
         validate_owner(&new.owner).map_err(ManagerError::InvalidOwner)?;
         let name = validate_name(&new.name).map_err(ManagerError::InvalidName)?;
-        check_allowlist(new.allowed_ips.len())?;
+        self.check_allowlist(new.allowed_ips.len())?;
         if let Some(limit) = &new.rate_limit {
             limit.check().map_err(ManagerError::InvalidRateLimit)?;
+        }
+        // The count and the insert that follows it run alone for this owner.
+        let _owner = self.inner.owner_locks.lock(&new.owner).await;
+        let limit = self.inner.limits.active_keys();
+        let active = self
+            .bounded(None, self.inner.store.count_active(&new.owner, self.now()))
+            .await?;
+        let room = if replacing {
+            limit.saturating_add(1)
+        } else {
+            limit
+        };
+        if active >= room {
+            return Err(ManagerError::TooManyKeys { limit });
         }
         // A store may refuse a fresh key as a duplicate (ids are random, and
         // a store of your own may index part of them); another draw is then
@@ -409,11 +457,43 @@ impl KeyManager {
         Ok(CreatedKey { key, record })
     }
 
-    /// All of `owner`'s keys, oldest first, revoked ones included.
+    /// All of `owner`'s keys, oldest first, revoked ones included. For an
+    /// owner with many keys, [`list_page`](KeyManager::list_page) reads them
+    /// a bounded page at a time.
     pub async fn list(&self, owner: &str) -> Result<Vec<KeyRecord>, ManagerError> {
         Ok(self
             .bounded(None, self.inner.store.list_by_owner(owner))
             .await?)
+    }
+
+    /// One page of `owner`'s keys, oldest first, revoked ones included (see
+    /// [`Page`]); its [`next`](KeyPage::next) is the cursor for the page
+    /// after it. A limit of 0 or over [`MAX_PAGE`] is refused with
+    /// [`ManagerError::InvalidPage`]; a cursor that is not one of `owner`'s
+    /// keys gives an empty page.
+    pub async fn list_page(&self, owner: &str, page: Page) -> Result<KeyPage, ManagerError> {
+        if page.limit == 0 || page.limit > MAX_PAGE {
+            return Err(ManagerError::InvalidPage {
+                max: MAX_PAGE,
+                given: page.limit,
+            });
+        }
+        // One more than asked for says whether another page follows.
+        let mut keys = self
+            .bounded(
+                None,
+                self.inner
+                    .store
+                    .list_page(owner, page.after, page.limit + 1),
+            )
+            .await?;
+        let next = if keys.len() > page.limit {
+            keys.truncate(page.limit);
+            keys.last().map(|record| record.id)
+        } else {
+            None
+        };
+        Ok(KeyPage { keys, next })
     }
 
     /// The key with this id.
@@ -430,7 +510,7 @@ impl KeyManager {
             None => None,
         };
         if let Some(allowed) = &update.allowed_ips {
-            check_allowlist(allowed.len())?;
+            self.check_allowlist(allowed.len())?;
         }
         if let Some(Some(limit)) = &update.rate_limit {
             limit.check().map_err(ManagerError::InvalidRateLimit)?;
@@ -482,7 +562,8 @@ impl KeyManager {
             .allowed_ips(old.allowed_ips.iter().copied());
         new.expires_at = old.expires_at;
         new.rate_limit = old.rate_limit;
-        let created = self.create(new).await?;
+        // With no grace period the old key ends as the new one starts.
+        let created = self.create_within_limit(new, grace.is_zero()).await?;
         // A grace too long to represent leaves the old expiry as it is.
         let Some(cutoff) = self.now().checked_add(grace) else {
             return Ok(created);
@@ -715,6 +796,30 @@ impl KeyManager {
         Ok(usage.usage(*id, totals, self.now()))
     }
 
+    /// The usage of several keys, in the order of `ids` (`None` for an id
+    /// no key has), read from the store in one call: what a page of keys
+    /// shows. Each is what [`usage`](KeyManager::usage) would say.
+    pub async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<KeyUsage>>, ManagerError> {
+        let usage = &self.inner.usage;
+        let _flushing = usage.flush_lock.lock().await;
+        let totals = self
+            .bounded(None, self.inner.store.usage_batch(ids))
+            .await?;
+        if totals.len() != ids.len() {
+            return Err(ManagerError::Store(StoreError::backend(format!(
+                "usage_batch answered {} totals for {} ids",
+                totals.len(),
+                ids.len()
+            ))));
+        }
+        let now = self.now();
+        Ok(ids
+            .iter()
+            .zip(totals)
+            .map(|(id, totals)| totals.map(|totals| usage.usage(*id, totals, now)))
+            .collect())
+    }
+
     /// Writes the counts not yet in the store, in batches; returns how many
     /// keys' counts were written. A batch the store refuses stays pending
     /// and goes with the next flush.
@@ -780,12 +885,12 @@ impl KeyManager {
     }
 }
 
-fn check_allowlist(len: usize) -> Result<(), ManagerError> {
-    if len > MAX_ALLOWED_IPS {
-        return Err(ManagerError::TooManyAllowedIps {
-            max: MAX_ALLOWED_IPS,
-            actual: len,
-        });
+impl KeyManager {
+    fn check_allowlist(&self, given: usize) -> Result<(), ManagerError> {
+        let limit = self.inner.limits.allowed_ips();
+        if given > limit {
+            return Err(ManagerError::InvalidAllowlist { limit, given });
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -334,8 +334,6 @@ impl RateLimit {
 
 /// Longest name or owner, in characters.
 pub const MAX_TEXT_LEN: usize = 100;
-/// Most networks one key's allowlist may hold.
-pub const MAX_ALLOWED_IPS: usize = 256;
 
 /// Why a name or owner was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -469,7 +469,43 @@ async fn the_openapi_description_matches_the_router() {
     same_fields(&schemas["CreatedKey"], &rotated.json, "CreatedKey");
     same_fields(&schemas["Key"], &rotated.json["previous"], "Key (previous)");
     let error = call(&app, "GET", "/keys", None, None).await;
-    same_fields(&schemas["Error"], &error.json, "Error");
+    let mut required: Vec<&str> = schemas["Error"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    required.sort();
+    let mut sent: Vec<&str> = error
+        .json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent, required,
+        "an error without a hint sends the required fields"
+    );
+    // An error with a hint sends every field the schema declares.
+    let crowded = KeyManager::new(MemoryStore::new())
+        .with_limits(tm_auth::KeyLimits::new().active_keys_per_owner(0));
+    let crowded = admin::router(crowded, |_: &http::request::Parts| Some("acct".to_owned()));
+    let refused = call(
+        &crowded,
+        "POST",
+        "/keys",
+        Some("acct"),
+        Some(json!({"name": "Main"})),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    same_fields(&schemas["Error"], &refused.json, "Error with a hint");
+    // A page sends `keys` and `next`, as declared.
+    let page_schema =
+        &spec["paths"]["/keys"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    same_fields(page_schema, &listed.json, "a page of keys");
     let codes: Vec<&str> = schemas["Error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()
@@ -498,6 +534,8 @@ async fn the_openapi_description_matches_the_router() {
         "invalid_grace_period",
         "too_many_ip_restrictions",
         "invalid_request",
+        "too_many_keys",
+        "invalid_page",
     ] {
         assert!(codes.contains(&used), "code {used} is documented");
     }

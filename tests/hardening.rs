@@ -18,7 +18,8 @@ use ipnetwork::IpNetwork;
 use tm_auth::clock::ManualClock;
 use tm_auth::usage::{AddressSetFull, NewIp, UsageObserver, KNOWN_ADDRESSES_PER_KEY};
 use tm_auth::{
-    ApiKeyLayer, ClientIpHeader, KeyManager, KeyUpdate, MemoryStore, NewKey, PeerAddr, UsageConfig,
+    ApiKeyLayer, ClientIpHeader, KeyManager, KeyUpdate, ManagerError, MemoryStore, NewKey, Page,
+    PeerAddr, UsageConfig,
 };
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -382,25 +383,41 @@ async fn admitted_through_a_churning_cache(
     feed.synced(std::time::Instant::now() + Duration::from_secs(3600));
     let manager = KeyManager::new(cached.clone());
     let limited = manager
-        .create(NewKey::new("acct", "Limited").rate_limit(RateLimit::new(5, Duration::from_secs(3600))))
+        .create(
+            NewKey::new("acct", "Limited").rate_limit(RateLimit::new(5, Duration::from_secs(3600))),
+        )
         .await
         .unwrap();
     let mut others = Vec::new();
     for i in 0..4 {
-        others.push(manager.create(NewKey::new("acct", format!("Other {i}"))).await.unwrap());
+        others.push(
+            manager
+                .create(NewKey::new("acct", format!("Other {i}")))
+                .await
+                .unwrap(),
+        );
     }
     let layer = ApiKeyLayer::new(manager.clone());
     let mut admitted = 0;
     for i in 0..60 {
         let ok = if use_the_layer {
-            call(&layer, limited.key.expose_secret(), "203.0.113.9", &[]).await.0 == StatusCode::OK
+            call(&layer, limited.key.expose_secret(), "203.0.113.9", &[])
+                .await
+                .0
+                == StatusCode::OK
         } else {
-            manager.verify(limited.key.expose_secret(), None).await.is_ok()
+            manager
+                .verify(limited.key.expose_secret(), None)
+                .await
+                .is_ok()
         };
         admitted += usize::from(ok);
         // Other keys' requests evict the limited key from a full cache.
         for other in &others {
-            manager.verify(other.key.expose_secret(), None).await.unwrap();
+            manager
+                .verify(other.key.expose_secret(), None)
+                .await
+                .unwrap();
         }
         match i % 10 {
             // The feed drops (lookups go to the store) ...
@@ -431,5 +448,477 @@ async fn a_rate_limit_window_survives_cache_evictions_refills_and_feed_drops() {
         );
     }
     // A store that answers at once from entries of its own.
-    assert_eq!(admitted_through_a_churning_cache(MemoryStore::new(), 1, true).await, 5);
+    assert_eq!(
+        admitted_through_a_churning_cache(MemoryStore::new(), 1, true).await,
+        5
+    );
+}
+
+// 1. One owner can exhaust the store.
+
+fn networks(n: u32) -> Vec<IpNetwork> {
+    (0..n)
+        .map(|i| IpNetwork::from(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes())))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_owner_holds_at_most_100_active_keys_and_revoked_or_expired_ones_do_not_count() {
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let store = MemoryStore::new();
+    let manager = KeyManager::new(store.clone()).with_clock(clock.clone());
+    assert_eq!(manager.limits().active_keys(), 100);
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let created = manager
+            .create(NewKey::new("acct", format!("Key {i}")))
+            .await
+            .unwrap();
+        ids.push(created.record.id);
+    }
+    let refused = manager
+        .create(NewKey::new("acct", "One more"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ManagerError::TooManyKeys { limit: 100 }),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("revoke"), "{refused}");
+    assert_eq!(store.len(), 100, "nothing stored for the refusal");
+    // Another owner is not affected.
+    manager
+        .create(NewKey::new("acct_other", "Own"))
+        .await
+        .unwrap();
+    // A revoked key frees a place.
+    manager.revoke(&ids[0]).await.unwrap();
+    let replacement = manager
+        .create(NewKey::new("acct", "Replacement"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        manager.create(NewKey::new("acct", "Again")).await,
+        Err(ManagerError::TooManyKeys { limit: 100 })
+    ));
+    // A rotation that ends the old key at once needs no room; one with a
+    // grace period holds both keys for a while, so it does.
+    manager.rotate(&ids[1], Duration::ZERO).await.unwrap();
+    assert!(matches!(
+        manager.rotate(&ids[2], Duration::from_secs(60)).await,
+        Err(ManagerError::TooManyKeys { limit: 100 })
+    ));
+    // An expired key frees a place too.
+    manager.revoke(&replacement.record.id).await.unwrap();
+    let soon = manager.now() + Duration::from_secs(10);
+    manager
+        .create(NewKey::new("acct", "Expiring").expires_at(soon))
+        .await
+        .unwrap();
+    assert!(manager.create(NewKey::new("acct", "Later")).await.is_err());
+    clock.advance(Duration::from_secs(10));
+    manager.create(NewKey::new("acct", "Later")).await.unwrap();
+    let edited = manager
+        .update(&ids[3], KeyUpdate::new().name("Still editable"))
+        .await;
+    assert!(edited.is_ok(), "limits refuse new keys, not edits");
+}
+
+#[tokio::test]
+async fn the_key_limit_holds_when_one_owner_creates_concurrently() {
+    let store = MemoryStore::new();
+    let manager = KeyManager::new(store.clone())
+        .with_limits(tm_auth::KeyLimits::new().active_keys_per_owner(10));
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                manager
+                    .create(NewKey::new("acct", format!("Key {i}")))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(ManagerError::TooManyKeys { limit: 10 }) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(created, 10);
+    assert_eq!(store.len(), 10);
+}
+
+#[tokio::test]
+async fn an_allowlist_holds_at_most_64_networks_unless_configured() {
+    let manager = KeyManager::new(MemoryStore::new());
+    assert!(manager
+        .create(NewKey::new("acct", "Max").allowed_ips(networks(64)))
+        .await
+        .is_ok());
+    let refused = manager
+        .create(NewKey::new("acct", "Too many").allowed_ips(networks(256)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ManagerError::InvalidAllowlist {
+                limit: 64,
+                given: 256
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("64"),
+        "the error names the limit: {refused}"
+    );
+    let key = manager.create(NewKey::new("acct", "Small")).await.unwrap();
+    assert!(matches!(
+        manager
+            .update(&key.record.id, KeyUpdate::new().allowed_ips(networks(65)))
+            .await,
+        Err(ManagerError::InvalidAllowlist { limit: 64, .. })
+    ));
+    let wider = KeyManager::new(MemoryStore::new())
+        .with_limits(tm_auth::KeyLimits::new().allowed_ips_per_key(256));
+    assert!(wider
+        .create(NewKey::new("acct", "Office").allowed_ips(networks(256)))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn keys_are_listed_a_bounded_page_at_a_time() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(
+            manager
+                .create(NewKey::new("acct", format!("Key {i}")))
+                .await
+                .unwrap()
+                .record
+                .id,
+        );
+    }
+    manager.revoke(&ids[2]).await.unwrap();
+    let other = manager
+        .create(NewKey::new("acct_other", "Theirs"))
+        .await
+        .unwrap();
+    let first = manager
+        .list_page(
+            "acct",
+            Page {
+                after: None,
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!(
+        first.next,
+        Some(ids[2]),
+        "revoked keys are listed, in order"
+    );
+    let second = manager
+        .list_page(
+            "acct",
+            Page {
+                after: first.next,
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.iter().map(|r| r.id).collect::<Vec<_>>(), ids[3..6]);
+    let last = manager
+        .list_page(
+            "acct",
+            Page {
+                after: second.next,
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.iter().map(|r| r.id).collect::<Vec<_>>(), ids[6..]);
+    assert_eq!(last.next, None);
+    let exact = manager
+        .list_page(
+            "acct",
+            Page {
+                after: None,
+                limit: 7,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (exact.len(), exact.next),
+        (7, None),
+        "no empty page after the last"
+    );
+    // Another owner's key is no cursor into this owner's keys.
+    let foreign = manager
+        .list_page(
+            "acct",
+            Page {
+                after: Some(other.record.id),
+                limit: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(foreign.is_empty());
+    for limit in [0, 1_001] {
+        assert!(matches!(
+            manager.list_page("acct", Page { after: None, limit }).await,
+            Err(ManagerError::InvalidPage { max: 1_000, .. })
+        ));
+    }
+    assert_eq!(
+        manager
+            .list_page(
+                "acct",
+                Page {
+                    after: None,
+                    limit: 1_000
+                }
+            )
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+}
+
+/// Counts the store's usage reads, to see how many a page costs.
+#[derive(Clone, Default)]
+struct UsageReads {
+    inner: MemoryStore,
+    single: Arc<std::sync::atomic::AtomicUsize>,
+    batched: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl tm_auth::KeyStore for UsageReads {
+    async fn insert(&self, record: tm_auth::KeyRecord) -> Result<(), tm_auth::StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn find_by_hash(
+        &self,
+        hash: &tm_auth::KeyHash,
+    ) -> Result<Option<Arc<tm_auth::KeyRecord>>, tm_auth::StoreError> {
+        self.inner.find_by_hash(hash).await
+    }
+    async fn get(
+        &self,
+        id: &tm_auth::KeyId,
+    ) -> Result<Option<tm_auth::KeyRecord>, tm_auth::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list_by_owner(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<tm_auth::KeyRecord>, tm_auth::StoreError> {
+        self.inner.list_by_owner(owner).await
+    }
+    async fn update(
+        &self,
+        id: &tm_auth::KeyId,
+        update: &tm_auth::store::StoreUpdate,
+    ) -> Result<Option<tm_auth::KeyRecord>, tm_auth::StoreError> {
+        self.inner.update(id, update).await
+    }
+    async fn revoke(
+        &self,
+        id: &tm_auth::KeyId,
+        at: SystemTime,
+    ) -> Result<Option<tm_auth::KeyRecord>, tm_auth::StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn record_usage(
+        &self,
+        batch: &[tm_auth::store::UsageDelta],
+    ) -> Result<(), tm_auth::StoreError> {
+        self.inner.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        id: &tm_auth::KeyId,
+    ) -> Result<Option<tm_auth::store::UsageTotals>, tm_auth::StoreError> {
+        self.single.fetch_add(1, Ordering::SeqCst);
+        self.inner.usage(id).await
+    }
+    async fn usage_batch(
+        &self,
+        ids: &[tm_auth::KeyId],
+    ) -> Result<Vec<Option<tm_auth::store::UsageTotals>>, tm_auth::StoreError> {
+        self.batched.fetch_add(1, Ordering::SeqCst);
+        self.inner.usage_batch(ids).await
+    }
+}
+
+async fn admin_call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-owner", "acct");
+    let body = match body {
+        Some(body) => {
+            request = request.header("content-type", "application/json");
+            axum::body::Body::from(body.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn admin_app(store: UsageReads) -> (axum::Router, KeyManager) {
+    let manager = KeyManager::new(store);
+    let app = tm_auth::admin::router(manager.clone(), |parts: &http::request::Parts| {
+        parts
+            .headers
+            .get("x-owner")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    (app, manager)
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_a_flood_of_keys_and_pages_its_list() {
+    let store = UsageReads::default();
+    let (app, manager) = admin_app(store.clone());
+    let wide: Vec<String> = networks(256).iter().map(ToString::to_string).collect();
+    let (status, body) = admin_call(
+        &app,
+        "POST",
+        "/keys",
+        Some(serde_json::json!({"name": "Wide", "allowed_ips": wide})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "too_many_ip_restrictions");
+    assert!(body["error"].as_str().unwrap().contains("64"), "{body}");
+    for i in 0..100 {
+        let (status, _) = admin_call(
+            &app,
+            "POST",
+            "/keys",
+            Some(serde_json::json!({"name": format!("Key {i}")})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, body) = admin_call(
+        &app,
+        "POST",
+        "/keys",
+        Some(serde_json::json!({"name": "Key 100"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "too_many_keys");
+    assert!(body["hint"].as_str().unwrap().contains("Revoke"), "{body}");
+    assert!(body.to_string().len() < 1_000);
+
+    // Pages: 100 by default, the cursor in `next`, one usage read a page.
+    let (single, batched) = (
+        store.single.load(Ordering::SeqCst),
+        store.batched.load(Ordering::SeqCst),
+    );
+    let (status, body) = admin_call(&app, "GET", "/keys", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["keys"].as_array().unwrap().len(), 100);
+    assert_eq!(body["next"], serde_json::Value::Null);
+    assert_eq!(
+        store.single.load(Ordering::SeqCst),
+        single,
+        "no per-key usage read"
+    );
+    assert_eq!(
+        store.batched.load(Ordering::SeqCst),
+        batched + 1,
+        "one read for the page"
+    );
+    let mut seen = Vec::new();
+    let mut path = "/keys?limit=30".to_owned();
+    loop {
+        let (status, body) = admin_call(&app, "GET", &path, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let keys = body["keys"].as_array().unwrap();
+        assert!(keys.len() <= 30);
+        seen.extend(keys.iter().map(|k| k["name"].as_str().unwrap().to_owned()));
+        match body["next"].as_str() {
+            Some(next) => path = format!("/keys?limit=30&after={next}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("Key {i}")).collect();
+    assert_eq!(seen, expected, "every key once, oldest first");
+    for bad in [
+        "/keys?limit=0",
+        "/keys?limit=1001",
+        "/keys?limit=ten",
+        "/keys?after=key_nope",
+    ] {
+        let (status, body) = admin_call(&app, "GET", bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body["code"], "invalid_page", "{bad}");
+    }
+    // Another owner's key is no cursor into this owner's list.
+    let theirs = manager
+        .create(NewKey::new("acct_other", "Theirs"))
+        .await
+        .unwrap();
+    let (status, body) = admin_call(
+        &app,
+        "GET",
+        &format!("/keys?after={}", theirs.record.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["keys"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn the_admin_api_echoes_at_most_64_characters_of_an_unknown_field() {
+    let (app, _) = admin_app(UsageReads::default());
+    let field = "x".repeat(100_000);
+    let (status, body) = admin_call(
+        &app,
+        "POST",
+        "/keys",
+        Some(serde_json::json!({"name": "Ok", field.clone(): 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "field_not_editable");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains(&"x".repeat(64)), "{message}");
+    assert!(!message.contains(&"x".repeat(65)), "{message}");
+    assert!(message.len() < 300, "{message}");
 }

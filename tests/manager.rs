@@ -11,8 +11,8 @@ use ipnetwork::IpNetwork;
 use support::{Fault, FaultyStore, Op};
 use tm_auth::clock::ManualClock;
 use tm_auth::{
-    Environment, KeyManager, KeyStatus, KeyStore, KeyUpdate, ManagerError, MemoryStore, NewKey,
-    StoreError, TextError, TmKey, VerifyOptions,
+    Environment, KeyLimits, KeyManager, KeyStatus, KeyStore, KeyUpdate, ManagerError, MemoryStore,
+    NewKey, StoreError, TextError, TmKey, VerifyOptions,
 };
 
 fn start() -> SystemTime {
@@ -145,16 +145,16 @@ async fn validation_errors_are_specific() {
             TextError::ForbiddenCharacter { .. }
         ))
     ));
-    let many: Vec<IpNetwork> = (0..=256u32)
+    let many: Vec<IpNetwork> = (0..=64u32)
         .map(|i| IpNetwork::from(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes())))
         .collect();
     assert!(matches!(
         manager
             .create(NewKey::new("acct", "Main").allowed_ips(many.clone()))
             .await,
-        Err(ManagerError::TooManyAllowedIps {
-            max: 256,
-            actual: 257
+        Err(ManagerError::InvalidAllowlist {
+            limit: 64,
+            given: 65
         })
     ));
     assert!(store.is_empty(), "nothing is stored for a refused creation");
@@ -174,7 +174,7 @@ async fn validation_errors_are_specific() {
         manager
             .update(&created.record.id, KeyUpdate::new().allowed_ips(many))
             .await,
-        Err(ManagerError::TooManyAllowedIps { .. })
+        Err(ManagerError::InvalidAllowlist { .. })
     ));
     assert_eq!(manager.get(&created.record.id).await.unwrap().name, "Main");
     // An empty allowlist lifts the restriction.
@@ -372,7 +372,9 @@ async fn missing_ids_are_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creation_and_revocation() {
     let store = MemoryStore::new();
-    let manager = KeyManager::new(store.clone());
+    // 200 active keys per owner: above the default limit of 100.
+    let manager =
+        KeyManager::new(store.clone()).with_limits(KeyLimits::new().active_keys_per_owner(1_000));
     let mut tasks = Vec::new();
     for task in 0..32 {
         let manager = manager.clone();

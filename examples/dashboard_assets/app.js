@@ -10,7 +10,8 @@ const api = async (method, path, body) => {
   const response = await fetch("/admin" + path, init);
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
-    const error = new Error(data.error || `The server answered ${response.status}`);
+    const message = data.error || `The server answered ${response.status}`;
+    const error = new Error(data.hint ? `${message}. ${data.hint}` : message);
     error.code = data.code;
     throw error;
   }
@@ -99,10 +100,18 @@ const render = (keys) => {
   }
 };
 
+// Every key, a page at a time.
 const refresh = async () => {
   try {
-    const data = await api("GET", "/keys");
-    render(data.keys);
+    const keys = [];
+    let path = "/keys?limit=1000";
+    for (;;) {
+      const page = await api("GET", path);
+      keys.push(...page.keys);
+      if (!page.next) break;
+      path = `/keys?limit=1000&after=${encodeURIComponent(page.next)}`;
+    }
+    render(keys);
   } catch (error) {
     $("status").textContent = error.message;
   }
@@ -139,6 +148,8 @@ const checkFields = (fields, emptyName) => {
 const showServerError = (fields, error) => {
   if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
     showError(fields.ips, fields.ipsError, error.message);
+  } else if (error.code === "too_many_keys") {
+    $("status").textContent = error.message;
   } else {
     showError(fields.name, fields.nameError, error.message);
   }

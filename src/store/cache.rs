@@ -549,6 +549,19 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         self.inner.list_by_owner(owner).await
     }
 
+    async fn list_page(
+        &self,
+        owner: &str,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list_page(owner, after, limit).await
+    }
+
+    async fn count_active(&self, owner: &str, now: SystemTime) -> Result<usize, StoreError> {
+        self.inner.count_active(owner, now).await
+    }
+
     async fn update(
         &self,
         id: &KeyId,
@@ -571,6 +584,10 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
         self.inner.usage(id).await
+    }
+
+    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+        self.inner.usage_batch(ids).await
     }
 }
 

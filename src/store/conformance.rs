@@ -19,10 +19,12 @@
 //!
 //! What they check: records round-trip unchanged; duplicates by id or by hash
 //! are refused with [`StoreError::Conflict`]; owners list in insertion order,
-//! revoked keys included; updates change the name, allowlist and rate limit,
+//! revoked keys included, whole or a page at a time; active keys are counted
+//! as the manager's limits need; updates change the name, allowlist and rate limit,
 //! only ever shorten an expiry and never touch a revoked record; revocation
 //! keeps its first time and is seen by the next lookup; usage batches add up,
-//! the latest use wins and unknown ids are ignored;
+//! the latest use wins and unknown ids are ignored, and reading several
+//! keys' usage at once agrees with reading each;
 //! [`find_by_hash_now`](KeyStore::find_by_hash_now) and
 //! [`find_stored_now`](KeyStore::find_stored_now), when they answer, agree
 //! with `find_by_hash`; concurrent inserts and revocations lose nothing.
@@ -261,6 +263,103 @@ async fn lists_in_insertion_order(store: &dyn KeyStore) -> Outcome {
     Ok(())
 }
 
+async fn pages_follow_the_list(store: &dyn KeyStore) -> Outcome {
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut record = sample_record(if i == 3 { "acct_other" } else { "acct_1" });
+        record.created_at = at_ms(1_767_225_600_000);
+        if i != 3 {
+            ids.push(record.id);
+        }
+        insert(store, &record).await?;
+    }
+    let other = sample_record("acct_other");
+    insert(store, &other).await?;
+    store
+        .revoke(&ids[2], at_ms(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let page = |after: Option<KeyId>, limit: usize| async move {
+        store
+            .list_page("acct_1", after, limit)
+            .await
+            .map(|records| records.iter().map(|r| r.id).collect::<Vec<_>>())
+            .map_err(|e| format!("list_page failed: {e}"))
+    };
+    let first = page(None, 4).await?;
+    ensure!(
+        first == ids[..4],
+        "the first page is {first:?}, expected {:?}",
+        &ids[..4]
+    );
+    let rest = page(Some(ids[3]), 4).await?;
+    ensure!(
+        rest == ids[4..],
+        "the page after the 4th is {rest:?}, expected {:?}",
+        &ids[4..]
+    );
+    let middle = page(Some(ids[0]), 2).await?;
+    ensure!(
+        middle == ids[1..3],
+        "a page of 2 after the first is {middle:?}"
+    );
+    for (cursor, what) in [
+        (ids[5], "the last key"),
+        (other.id, "another owner's key"),
+        (KeyId::generate(), "an unknown id"),
+    ] {
+        let after = page(Some(cursor), 4).await?;
+        ensure!(
+            after.is_empty(),
+            "the page after {what} is {after:?}, expected none"
+        );
+    }
+    let none = page(None, 0).await?;
+    ensure!(none.is_empty(), "a page of 0 holds {none:?}");
+    Ok(())
+}
+
+async fn counts_active_keys(store: &dyn KeyStore) -> Outcome {
+    let now = at_ms(1_800_000_000_000);
+    let mut never = sample_record("acct_1");
+    never.expires_at = None;
+    let mut later = sample_record("acct_1");
+    later.expires_at = Some(at_ms(1_800_000_000_001));
+    let mut at_now = sample_record("acct_1");
+    at_now.expires_at = Some(now);
+    let revoked = sample_record("acct_1");
+    let elsewhere = sample_record("acct_other");
+    for record in [&never, &later, &at_now, &revoked, &elsewhere] {
+        insert(store, record).await?;
+    }
+    store
+        .revoke(&revoked.id, at_ms(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let count = |at| async move {
+        store
+            .count_active("acct_1", at)
+            .await
+            .map_err(|e| format!("count_active failed: {e}"))
+    };
+    let active = count(now).await?;
+    ensure!(
+        active == 2,
+        "{active} keys counted active, expected 2 (revoked and expired at `now` excluded)"
+    );
+    let before = count(at_ms(1_799_999_999_999)).await?;
+    ensure!(
+        before == 3,
+        "{before} keys counted active a millisecond earlier, expected 3"
+    );
+    let nobody = store
+        .count_active("acct_nobody", now)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(nobody == 0, "an owner with no keys has {nobody}");
+    Ok(())
+}
+
 async fn update_changes_what_it_says(store: &dyn KeyStore) -> Outcome {
     let record = sample_record("acct_1");
     insert(store, &record).await?;
@@ -436,6 +535,37 @@ async fn usage_adds_up(store: &dyn KeyStore) -> Outcome {
         totals.last_used_at,
         totals.last_used_ip
     );
+    Ok(())
+}
+
+async fn usage_batch_agrees_with_usage(store: &dyn KeyStore) -> Outcome {
+    let (used, unused) = (sample_record("acct_1"), sample_record("acct_1"));
+    insert(store, &used).await?;
+    insert(store, &unused).await?;
+    let mut delta = UsageDelta::new(used.id);
+    delta.requests = 3;
+    delta.rejected = Rejections::from_counts([0, 1, 0, 0, 2]);
+    delta.last_used_at = Some(at_ms(1_800_000_000_300));
+    delta.last_used_ip = "203.0.113.4".parse().ok();
+    store
+        .record_usage(&[delta])
+        .await
+        .map_err(|e| format!("record_usage failed: {e}"))?;
+    let stranger = KeyId::generate();
+    let ids = [unused.id, stranger, used.id, used.id];
+    let batch = store
+        .usage_batch(&ids)
+        .await
+        .map_err(|e| format!("usage_batch failed: {e}"))?;
+    let mut one_by_one = Vec::new();
+    for id in &ids {
+        one_by_one.push(store.usage(id).await.map_err(|e| e.to_string())?);
+    }
+    ensure!(
+        batch == one_by_one,
+        "usage_batch answered {batch:?}, usage one by one {one_by_one:?}"
+    );
+    ensure!(batch[1].is_none(), "an unknown id has usage {:?}", batch[1]);
     Ok(())
 }
 
@@ -659,10 +789,13 @@ where
     check!(unknown_lookups);
     check!(duplicates_conflict);
     check!(lists_in_insertion_order);
+    check!(pages_follow_the_list);
+    check!(counts_active_keys);
     check!(update_changes_what_it_says);
     check!(update_never_lengthens_expiry);
     check!(revocation_is_final);
     check!(usage_adds_up);
+    check!(usage_batch_agrees_with_usage);
     check!(answers_now_agree);
     check!(update_racing_revoke_is_reported_truly);
     let store: Arc<dyn KeyStore> = Arc::new(fresh().await);

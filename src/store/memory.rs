@@ -136,6 +136,45 @@ impl Inner {
         self.find_id(id).and_then(|index| self.entry(index))
     }
 
+    /// Calls `each` with `owner`'s entries in insertion order, starting
+    /// after the entry with id `after` (none if it is not one of the
+    /// owner's), until `each` returns `false`.
+    fn walk_owner(
+        &self,
+        owner: &str,
+        after: Option<KeyId>,
+        mut each: impl FnMut(Entry<'_>) -> bool,
+    ) {
+        let Some(chain) = self.writer().0.get(owner).copied() else {
+            return;
+        };
+        // Every link up to the chain's last entry was written before the
+        // chain was read: the walk ends there (or after `len` steps, a
+        // bound that holds even if a link were wrong).
+        let mut at = chain.first;
+        if let Some(after) = after {
+            let Some(index) = self.find_id(&after) else {
+                return;
+            };
+            let Some(entry) = self.entry(index).filter(|e| e.owner() == owner) else {
+                return;
+            };
+            if index == chain.last {
+                return;
+            }
+            at = entry.next_of_owner().load(Ordering::Acquire);
+        }
+        for _ in 0..chain.len {
+            let Some(entry) = self.entry(at) else {
+                return;
+            };
+            if !each(entry) || at == chain.last {
+                return;
+            }
+            at = entry.next_of_owner().load(Ordering::Acquire);
+        }
+    }
+
     fn writer(&self) -> MutexGuard<'_, Owners> {
         // Inserts leave the owner lists whole before anything can panic.
         self.writer
@@ -252,20 +291,40 @@ impl KeyStore for MemoryStore {
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
         let inner = &*self.inner;
-        let Some(chain) = inner.writer().0.get(owner).copied() else {
-            return Ok(Vec::new());
-        };
-        // Every link up to `len` was written before `len` was read.
-        let mut records = Vec::with_capacity(chain.len as usize);
-        let mut at = chain.first;
-        for _ in 0..chain.len {
-            let Some(entry) = inner.entry(at) else {
-                break;
-            };
+        let mut records = Vec::new();
+        inner.walk_owner(owner, None, |entry| {
             records.push(entry.record());
-            at = entry.next_of_owner().load(Ordering::Acquire);
+            true
+        });
+        Ok(records)
+    }
+
+    async fn list_page(
+        &self,
+        owner: &str,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let inner = &*self.inner;
+        let mut records = Vec::new();
+        if limit > 0 {
+            inner.walk_owner(owner, after, |entry| {
+                records.push(entry.record());
+                records.len() < limit
+            });
         }
         Ok(records)
+    }
+
+    async fn count_active(&self, owner: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let mut active = 0;
+        self.inner.walk_owner(owner, None, |entry| {
+            if !entry.is_revoked() && !entry.expired(now) {
+                active += 1;
+            }
+            true
+        });
+        Ok(active)
     }
 
     async fn update(
@@ -296,6 +355,16 @@ impl KeyStore for MemoryStore {
         Ok(inner
             .find_id(id)
             .map(|index| inner.usage().get(&index).cloned().unwrap_or_default()))
+    }
+
+    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+        let inner = &*self.inner;
+        let indexes: Vec<Option<u32>> = ids.iter().map(|id| inner.find_id(id)).collect();
+        let usage = inner.usage();
+        Ok(indexes
+            .into_iter()
+            .map(|index| index.map(|index| usage.get(&index).cloned().unwrap_or_default()))
+            .collect())
     }
 }
 

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord};
+use crate::record::{KeyId, KeyRecord, KeyStatus};
 
 pub mod cache;
 #[cfg(feature = "conformance")]
@@ -275,6 +275,43 @@ pub trait KeyStore: Send + Sync + 'static {
     /// All of an owner's records, revoked ones included, oldest first.
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
 
+    /// One page of an owner's records, oldest first: up to `limit` of them,
+    /// starting after the record with id `after` (from the oldest when
+    /// `None`). An `after` that is not one of `owner`'s records gives an
+    /// empty page.
+    ///
+    /// The default reads the whole list and cuts the page from it; a store
+    /// that can should answer with one bounded query.
+    async fn list_page(
+        &self,
+        owner: &str,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let all = self.list_by_owner(owner).await?;
+        let start = match after {
+            None => 0,
+            Some(after) => match all.iter().position(|record| record.id == after) {
+                Some(at) => at + 1,
+                None => return Ok(Vec::new()),
+            },
+        };
+        Ok(all.into_iter().skip(start).take(limit).collect())
+    }
+
+    /// How many of `owner`'s keys are active at `now`: neither revoked nor
+    /// expired (`now >= expires_at`).
+    ///
+    /// The default counts the whole list; a store that can should count in
+    /// one query.
+    async fn count_active(&self, owner: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let all = self.list_by_owner(owner).await?;
+        Ok(all
+            .iter()
+            .filter(|record| record.status_at(now) == KeyStatus::Active)
+            .count())
+    }
+
     /// Applies `update` (see [`StoreUpdate`]) and returns the record as it now
     /// is; `None` if there is no such id. A revoked record is returned
     /// unchanged.
@@ -293,6 +330,19 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// The usage totals recorded for `id`; `None` if there is no such id.
     async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError>;
+
+    /// The usage totals of several keys, in the order of `ids` (`None` for
+    /// an id there is no key with): what a page of keys shows, read at once.
+    ///
+    /// The default asks [`usage`](KeyStore::usage) for each; a store that
+    /// can should answer with one query.
+    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+        let mut totals = Vec::with_capacity(ids.len());
+        for id in ids {
+            totals.push(self.usage(id).await?);
+        }
+        Ok(totals)
+    }
 }
 
 macro_rules! delegate_store {
@@ -328,6 +378,21 @@ macro_rules! delegate_store {
             async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
                 (**self).list_by_owner(owner).await
             }
+            async fn list_page(
+                &self,
+                owner: &str,
+                after: Option<KeyId>,
+                limit: usize,
+            ) -> Result<Vec<KeyRecord>, StoreError> {
+                (**self).list_page(owner, after, limit).await
+            }
+            async fn count_active(
+                &self,
+                owner: &str,
+                now: SystemTime,
+            ) -> Result<usize, StoreError> {
+                (**self).count_active(owner, now).await
+            }
             async fn update(
                 &self,
                 id: &KeyId,
@@ -347,6 +412,12 @@ macro_rules! delegate_store {
             }
             async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
                 (**self).usage(id).await
+            }
+            async fn usage_batch(
+                &self,
+                ids: &[KeyId],
+            ) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+                (**self).usage_batch(ids).await
             }
         }
     };

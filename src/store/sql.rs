@@ -85,8 +85,7 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
 {
     let get_err = |_| corrupt("a column is missing or has the wrong type");
-    let id: Vec<u8> = row.try_get("id").map_err(get_err)?;
-    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("id is not 16 bytes"))?;
+    let id = id_from(row)?;
     let hash: Vec<u8> = row.try_get("hash").map_err(get_err)?;
     let hash: [u8; 32] = hash
         .try_into()
@@ -125,7 +124,7 @@ where
         environment,
         hint,
         rate_limit,
-        id: KeyId::from_u128(u128::from_le_bytes(id)),
+        id,
         owner: row.try_get("owner").map_err(get_err)?,
         name: row.try_get("name").map_err(get_err)?,
         created_at: from_ms(created_at),
@@ -158,6 +157,20 @@ where
         .bind(to_ms(record.created_at))
         .bind(record.expires_at.map(to_ms))
         .bind(record.revoked_at.map(to_ms))
+}
+
+/// The key id in a row's `id` column.
+pub(crate) fn id_from<R>(row: &R) -> Result<KeyId, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id: Vec<u8> = row
+        .try_get("id")
+        .map_err(|_| corrupt("a column is missing or has the wrong type"))?;
+    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("id is not 16 bytes"))?;
+    Ok(KeyId::from_u128(u128::from_le_bytes(id)))
 }
 
 /// Usage totals from a row of `requests, revoked, expired,

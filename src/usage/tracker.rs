@@ -275,7 +275,9 @@ impl Tracker {
     ) -> Result<RateLimitStatus, Duration> {
         let taken = {
             let guard = self.keys.guard();
-            self.tracked(subject.id(), &guard).window.take(limit, now_ms)
+            self.tracked(subject.id(), &guard)
+                .window
+                .take(limit, now_ms)
         };
         if taken.is_err() {
             self.rejected(subject, Rejection::RateLimited);

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use super::cache::{CacheConfig, CachedStore};
 use super::sql::{
-    allowlist_text, backend, bind_record, count, id_bytes, record_from, sql_error, to_ms,
+    allowlist_text, backend, bind_record, count, id_bytes, id_from, record_from, sql_error, to_ms,
     usage_from, COLUMNS,
 };
 use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
@@ -285,6 +285,43 @@ impl KeyStore for PostgresStore {
         rows.iter().map(record_from).collect()
     }
 
+    async fn list_page(
+        &self,
+        owner: &str,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        // After the cursor's row, if it is one of the owner's; past every
+        // row if it is not (an empty page).
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = $1 AND seq > CASE
+                 WHEN $2::BYTEA IS NULL THEN 0
+                 ELSE COALESCE((SELECT seq FROM tm_auth_keys WHERE id = $2 AND owner = $1),
+                               9223372036854775807) END
+             ORDER BY seq LIMIT $3"
+        ))
+        .bind(owner)
+        .bind(after.as_ref().map(id_bytes))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    async fn count_active(&self, owner: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tm_auth_keys WHERE owner = $1 AND revoked_at_ms IS NULL
+                 AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
+        )
+        .bind(owner)
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(usize::try_from(active).unwrap_or(0))
+    }
+
     async fn update(
         &self,
         id: &KeyId,
@@ -422,5 +459,23 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(backend)?;
         row.as_ref().map(usage_from).transpose()
+    }
+
+    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.id, u.requests, u.revoked, u.expired, u.wrong_environment, u.ip_not_allowed,
+                    u.rate_limited, u.last_used_at_ms, u.last_used_ip
+             FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id
+             WHERE k.id = ANY($1::BYTEA[])",
+        )
+        .bind(ids.iter().map(id_bytes).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(id_from(row)?, usage_from(row)?);
+        }
+        Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
     }
 }
