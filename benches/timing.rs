@@ -308,7 +308,9 @@ fn main() -> ExitCode {
                     created = 0;
                 }
                 created += 1;
-                let target = ready(manager.create(NewKey::new("acct", "Target")))
+                // Ten keys to an owner, well within the per-owner limit.
+                let owner = format!("acct_{}", created / 10);
+                let target = ready(manager.create(NewKey::new(owner, "Target")))
                     .expect("create a target key");
                 let guess = variant(
                     target.key.expose_secret(),
