@@ -5,7 +5,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -62,36 +61,6 @@ async fn call(
         serde_json::from_slice(&body).unwrap()
     };
     (status, json)
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn capture_warnings() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (capture, tracing::subscriber::set_default(subscriber))
 }
 
 // 5. An IPv6 supernet admits every IPv4 client.
@@ -154,7 +123,7 @@ async fn an_ipv6_supernet_of_trusted_proxies_lets_no_ipv4_peer_forge_x_forwarded
 
 #[tokio::test]
 async fn a_trusted_proxy_without_the_configured_header_leaves_the_client_unknown() {
-    let (logs, _guard) = capture_warnings();
+    let (logs, _guard) = support::Capture::install(tracing::Level::WARN);
     let manager = KeyManager::new(MemoryStore::new());
     let internal = manager
         .create(NewKey::new("acct", "Internal").allowed_ips([net("10.0.0.0/8")]))

@@ -4,34 +4,19 @@
 mod support;
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use support::{Fault, FaultyStore, Op};
+use support::{Capture, Fault, FaultyStore, Op};
 use tm_auth::clock::ManualClock;
 use tm_auth::{
     ApiKeyLayer, AuthenticatedKey, Environment, KeyManager, KeyUpdate, NewKey, PeerAddr, TmKey,
 };
 use tower::{ServiceBuilder, ServiceExt};
 use tracing::Instrument;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 async fn call(layer: &ApiKeyLayer, authorization: Option<String>, forwarded: Option<&str>) -> u16 {
     let service = ServiceBuilder::new().layer(layer.clone()).service_fn(
@@ -60,14 +45,7 @@ async fn call(layer: &ApiKeyLayer, authorization: Option<String>, forwarded: Opt
 /// Everything logged on this thread, at every level, from now until the
 /// guard is dropped.
 fn capture_everything() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (capture, tracing::subscriber::set_default(subscriber))
+    Capture::install(tracing::Level::TRACE)
 }
 
 /// No key's random part, nor any 8 consecutive characters of it, is in
@@ -206,7 +184,7 @@ async fn no_key_appears_in_logs_or_debug_output() {
     debug_output.push(format!("{:?}", manager.list("acct").await.unwrap()));
 
     drop(_guard);
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     // The capture works and saw the scenario, so the test below can fail.
     assert!(logs.contains("API key accepted"), "{logs}");
     assert!(logs.contains("API key rejected"));
@@ -363,7 +341,7 @@ async fn cache_admin_and_client_types_show_no_key() {
     ));
 
     drop(_guard);
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("API key") || !logs.is_empty(),
         "the capture saw the scenario"

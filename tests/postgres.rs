@@ -495,16 +495,19 @@ async fn a_database_that_goes_away_fails_closed_and_recovers_when_back() {
     println!("revocation after the database came back: refused after {elapsed:?}");
 }
 
-/// A connection of its own to `schema`, as a DBA's session would be.
-async fn session(schema: &str) -> sqlx::PgConnection {
+/// Revokes key `id` by hand in SQL, as a DBA would: in a session of its
+/// own to `schema` that first runs `setup`.
+async fn revoke_in_sql(schema: &str, setup: &str, id: tm_auth::KeyId) {
     use sqlx::Connection;
-    sqlx::PgConnection::connect_with(&options().options([("search_path", schema)]))
+    let mut dba = sqlx::PgConnection::connect_with(&options().options([("search_path", schema)]))
         .await
-        .expect("connect to PostgreSQL")
-}
-
-fn id_bytes(id: &tm_auth::KeyId) -> Vec<u8> {
-    id.as_u128().to_le_bytes().to_vec()
+        .expect("connect to PostgreSQL");
+    sqlx::raw_sql(setup).execute(&mut dba).await.unwrap();
+    sqlx::query("UPDATE tm_auth_keys SET revoked_at_ms = 1 WHERE id = $1")
+        .bind(id.as_u128().to_le_bytes().to_vec())
+        .execute(&mut dba)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,18 +518,11 @@ async fn a_revocation_made_in_replica_role_reaches_a_cached_server() {
     let created = one.create(NewKey::new("acct", "Restored")).await.unwrap();
     warm(&two, &cache, &created).await;
     // What pg_restore --disable-triggers and logical replication do.
-    let mut dba = session(&schema).await;
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut dba)
-        .await
-        .unwrap();
-    let revoke = async {
-        sqlx::query("UPDATE tm_auth_keys SET revoked_at_ms = 1 WHERE id = $1")
-            .bind(id_bytes(&created.record.id))
-            .execute(&mut dba)
-            .await
-            .unwrap();
-    };
+    let revoke = revoke_in_sql(
+        &schema,
+        "SET session_replication_role = replica",
+        created.record.id,
+    );
     let took = propagation(
         &two,
         created.key.expose_secret(),
@@ -561,18 +557,11 @@ async fn a_change_no_trigger_announces_is_refused_within_max_age() {
         .unwrap();
     warm(&two, &cache, &created).await;
     // A dump restored without its triggers: nothing will be announced.
-    let mut dba = session(&schema).await;
-    sqlx::raw_sql("ALTER TABLE tm_auth_keys DISABLE TRIGGER ALL")
-        .execute(&mut dba)
-        .await
-        .unwrap();
-    let revoke = async {
-        sqlx::query("UPDATE tm_auth_keys SET revoked_at_ms = 1 WHERE id = $1")
-            .bind(id_bytes(&created.record.id))
-            .execute(&mut dba)
-            .await
-            .unwrap();
-    };
+    let revoke = revoke_in_sql(
+        &schema,
+        "ALTER TABLE tm_auth_keys DISABLE TRIGGER ALL",
+        created.record.id,
+    );
     // The cache is trusted throughout (heartbeats keep coming): only the
     // entry's age makes it read the record again.
     let took = propagation(
