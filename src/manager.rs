@@ -593,6 +593,14 @@ impl KeyManager {
         }
     }
 
+    fn check_allowlist(&self, given: usize) -> Result<(), ManagerError> {
+        let limit = self.inner.limits.allowed_ips();
+        if given > limit {
+            return Err(ManagerError::InvalidAllowlist { limit, given });
+        }
+        Ok(())
+    }
+
     /// Revokes a key that was created but never handed out.
     async fn abandon(&self, id: &KeyId) {
         if let Err(err) = self
@@ -882,15 +890,5 @@ impl KeyManager {
             stop: Some(stop),
             handle,
         })
-    }
-}
-
-impl KeyManager {
-    fn check_allowlist(&self, given: usize) -> Result<(), ManagerError> {
-        let limit = self.inner.limits.allowed_ips();
-        if given > limit {
-            return Err(ManagerError::InvalidAllowlist { limit, given });
-        }
-        Ok(())
     }
 }
