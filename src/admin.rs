@@ -267,7 +267,7 @@ impl Admin {
         View {
             id: record.id.to_string(),
             name: record.name.clone(),
-            environment: environment_name(record.environment),
+            environment: record.environment.as_str(),
             hint: record.hint.to_string(),
             status: match record.status_at(self.manager.now()) {
                 KeyStatus::Active => "active",
@@ -330,13 +330,6 @@ impl Admin {
 
 fn to_value(view: View) -> Value {
     serde_json::to_value(view).unwrap_or(Value::Null)
-}
-
-fn environment_name(environment: Environment) -> &'static str {
-    match environment {
-        Environment::Live => "live",
-        Environment::Test => "test",
-    }
 }
 
 /// A write's body: JSON sent as `application/json`, an object (empty body:

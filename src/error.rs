@@ -6,21 +6,11 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::header::HeaderError;
+use crate::header::{BearerError, HeaderError, KeyRejection, MisplacedKey};
 use crate::key::{Environment, KeyFormatError, RandomnessError};
+use crate::rate_limit::retry_after_secs;
 use crate::record::TextError;
 use crate::store::StoreError;
-
-/// Where a key was found when it was not in the `Authorization` header.
-/// Such a key is never accepted; the hint says where to put it instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MisplacedKey {
-    /// In an `X-API-Key` (or similar) header.
-    Header,
-    /// In the URL's query string, where it ends up in logs.
-    Query,
-}
 
 /// Why a request was not authenticated.
 ///
@@ -218,10 +208,22 @@ impl AuthError {
     }
 }
 
-/// Whole seconds for `Retry-After`, rounded up and at least 1.
-pub(crate) fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1)
+impl From<BearerError> for AuthError {
+    fn from(err: BearerError) -> AuthError {
+        match err {
+            BearerError::Missing { misplaced } => AuthError::MissingApiKey { misplaced },
+            BearerError::Malformed(err) => AuthError::MalformedHeader(err),
+        }
+    }
+}
+
+impl From<KeyRejection> for AuthError {
+    fn from(err: KeyRejection) -> AuthError {
+        match err {
+            KeyRejection::Bearer(err) => err.into(),
+            KeyRejection::Format(err) => AuthError::InvalidFormat(err),
+        }
+    }
 }
 
 /// Why a management call failed.

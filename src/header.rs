@@ -12,8 +12,61 @@
 use http::header::{HeaderMap, AUTHORIZATION};
 use http::Uri;
 
-use crate::error::{AuthError, MisplacedKey};
-use crate::key::{KeyFormatError, KeyHash, TmKey};
+use crate::key::{Environment, KeyFormatError, KeyHash, TmKey};
+
+/// Where a key was found when it was not in the `Authorization` header.
+/// Such a key is never accepted; the hint says where to put it instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MisplacedKey {
+    /// In an `X-API-Key` (or similar) header.
+    Header,
+    /// In the URL's query string, where it ends up in logs.
+    Query,
+}
+
+/// Why a request carries no bearer token: no `Authorization` header, or
+/// one that is not `Bearer <token>`. Converts into the
+/// [`AuthError`](crate::AuthError) a response is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BearerError {
+    /// No `Authorization` header.
+    #[error("no API key: the request has no Authorization header")]
+    Missing {
+        /// Where the key was sent instead, if it was.
+        misplaced: Option<MisplacedKey>,
+    },
+    /// The `Authorization` header is not `Bearer <token>`.
+    #[error("malformed Authorization header: {0}")]
+    Malformed(#[from] HeaderError),
+}
+
+/// Why a request's key was refused before any store was asked: the header,
+/// or the key's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyRejection {
+    Bearer(BearerError),
+    Format(KeyFormatError),
+}
+
+impl From<BearerError> for KeyRejection {
+    fn from(err: BearerError) -> KeyRejection {
+        KeyRejection::Bearer(err)
+    }
+}
+
+impl From<HeaderError> for KeyRejection {
+    fn from(err: HeaderError) -> KeyRejection {
+        KeyRejection::Bearer(BearerError::Malformed(err))
+    }
+}
+
+impl From<KeyFormatError> for KeyRejection {
+    fn from(err: KeyFormatError) -> KeyRejection {
+        KeyRejection::Format(err)
+    }
+}
 
 /// Longest `Authorization` value considered, in bytes.
 pub const MAX_HEADER_LEN: usize = 1024;
@@ -142,7 +195,7 @@ impl HeaderError {
 }
 
 fn is_key_prefixed(word: &str) -> bool {
-    word.starts_with("tm_live_") || word.starts_with("tm_test_")
+    Environment::from_prefix(word.as_bytes()).is_some()
 }
 
 fn is_quote(c: char) -> bool {
@@ -249,7 +302,7 @@ fn parse_bearer_by_the_rules(value: &[u8]) -> Result<&str, HeaderError> {
 /// including a key that fails its checks — is read by the full rules, so
 /// the answer, and its diagnosis, is the same either way (a property test
 /// holds the two to that).
-pub(crate) fn key_hash(headers: &HeaderMap, uri: &Uri) -> Result<KeyHash, AuthError> {
+pub(crate) fn key_hash(headers: &HeaderMap, uri: &Uri) -> Result<KeyHash, KeyRejection> {
     let value = authorization(headers, uri)?;
     let usual = value.strip_prefix(b"Bearer ");
     let checked = usual.map(TmKey::hash_of_bytes);
@@ -277,10 +330,10 @@ pub(crate) fn key_hash(headers: &HeaderMap, uri: &Uri) -> Result<KeyHash, AuthEr
 }
 
 /// The one `Authorization` value of a request, or why there is not one.
-fn authorization<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a [u8], AuthError> {
+fn authorization<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a [u8], BearerError> {
     let mut lines = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = lines.next() else {
-        return Err(AuthError::MissingApiKey {
+        return Err(BearerError::Missing {
             misplaced: misplaced_key(headers, uri),
         });
     };
@@ -292,10 +345,10 @@ fn authorization<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a [u8], Auth
 
 /// The bearer token of a request, or why there is none.
 ///
-/// With no `Authorization` header the error is
-/// [`AuthError::MissingApiKey`], noting whether the key was sent somewhere
-/// it is never accepted (an `X-API-Key`-style header, the query string).
-pub fn bearer_token<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a str, AuthError> {
+/// With no `Authorization` header the error is [`BearerError::Missing`],
+/// noting whether the key was sent somewhere it is never accepted (an
+/// `X-API-Key`-style header, the query string).
+pub fn bearer_token<'a>(headers: &'a HeaderMap, uri: &Uri) -> Result<&'a str, BearerError> {
     Ok(parse_bearer(authorization(headers, uri)?)?)
 }
 
@@ -324,7 +377,7 @@ fn misplaced_key(headers: &HeaderMap, uri: &Uri) -> Option<MisplacedKey> {
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
     });
-    (named || query.contains("tm_live_") || query.contains("tm_test_"))
+    (named || Environment::ALL.iter().any(|e| query.contains(e.prefix())))
         .then_some(MisplacedKey::Query)
 }
 
@@ -352,13 +405,16 @@ mod tests {
         headers.insert(AUTHORIZATION, format!("Bearer {KEY}x").parse().unwrap());
         assert!(matches!(
             key_hash(&headers, &uri),
-            Err(AuthError::MalformedHeader(HeaderError::ExtraWord))
-                | Err(AuthError::InvalidFormat(_))
+            Err(KeyRejection::Bearer(BearerError::Malformed(
+                HeaderError::ExtraWord
+            ))) | Err(KeyRejection::Format(_))
         ));
         headers.append(AUTHORIZATION, format!("Bearer {KEY}").parse().unwrap());
         assert!(matches!(
             key_hash(&headers, &uri),
-            Err(AuthError::MalformedHeader(HeaderError::MultipleHeaders))
+            Err(KeyRejection::Bearer(BearerError::Malformed(
+                HeaderError::MultipleHeaders
+            )))
         ));
     }
 
@@ -447,7 +503,7 @@ mod tests {
         let err = bearer_token(&headers, &Uri::from_static("/")).unwrap_err();
         assert!(matches!(
             err,
-            AuthError::MalformedHeader(HeaderError::MultipleHeaders)
+            BearerError::Malformed(HeaderError::MultipleHeaders)
         ));
     }
 
@@ -457,26 +513,26 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert!(matches!(
             bearer_token(&headers, &uri),
-            Err(AuthError::MissingApiKey { misplaced: None })
+            Err(BearerError::Missing { misplaced: None })
         ));
         headers.insert("x-api-key", KEY.parse().unwrap());
         assert!(matches!(
             bearer_token(&headers, &uri),
-            Err(AuthError::MissingApiKey {
+            Err(BearerError::Missing {
                 misplaced: Some(MisplacedKey::Header)
             })
         ));
         let query: Uri = format!("/v1/verify?api_key={KEY}").parse().unwrap();
         assert!(matches!(
             bearer_token(&HeaderMap::new(), &query),
-            Err(AuthError::MissingApiKey {
+            Err(BearerError::Missing {
                 misplaced: Some(MisplacedKey::Query)
             })
         ));
         let other: Uri = "/v1/verify?page=2".parse().unwrap();
         assert!(matches!(
             bearer_token(&HeaderMap::new(), &other),
-            Err(AuthError::MissingApiKey { misplaced: None })
+            Err(BearerError::Missing { misplaced: None })
         ));
     }
 
@@ -507,6 +563,7 @@ mod tests {
             }
             let uri = Uri::from_static("/");
             let by_the_rules = bearer_token(&headers, &uri)
+                .map_err(KeyRejection::from)
                 .and_then(|token| Ok(TmKey::parse(token)?.hash()));
             let answer = key_hash(&headers, &uri);
             match (&answer, &by_the_rules) {

@@ -42,6 +42,9 @@ pub enum Environment {
 }
 
 impl Environment {
+    /// Both environments, live first.
+    pub const ALL: [Environment; 2] = [Environment::Live, Environment::Test];
+
     /// The key prefix for this environment, `"tm_live_"` or `"tm_test_"`.
     pub const fn prefix(self) -> &'static str {
         match self {
@@ -58,7 +61,8 @@ impl Environment {
         }
     }
 
-    fn from_prefix(bytes: &[u8]) -> Option<Environment> {
+    /// The environment whose prefix `bytes` starts with.
+    pub(crate) fn from_prefix(bytes: &[u8]) -> Option<Environment> {
         match bytes.get(..PREFIX_LEN)? {
             b"tm_live_" => Some(Environment::Live),
             b"tm_test_" => Some(Environment::Test),

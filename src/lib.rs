@@ -85,8 +85,8 @@ pub mod scan;
 pub mod store;
 pub mod usage;
 
-pub use error::{AuthError, ManagerError, MisplacedKey};
-pub use header::HeaderError;
+pub use error::{AuthError, ManagerError};
+pub use header::{BearerError, HeaderError, MisplacedKey};
 pub use key::{
     Environment, InvalidHint, KeyFormatError, KeyHash, KeyHint, RandomnessError, TmKey,
     UnknownEnvironment, KEY_LEN,
@@ -98,12 +98,12 @@ pub use middleware::{
     ResponseFuture,
 };
 pub use page::{KeyPage, Page, MAX_PAGE};
+pub use rate_limit::{RateLimit, RateLimitStatus, RATE_LIMIT_WINDOWS};
 pub use record::{
-    InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, RateLimit, TextError,
-    MAX_TEXT_LEN, RATE_LIMIT_WINDOWS,
+    InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_TEXT_LEN,
 };
 pub use store::{KeyStore, MemoryStore, StoreError};
-pub use usage::{KeyUsage, RateLimitStatus, UsageConfig, UsageObserver, UsageTask};
+pub use usage::{KeyUsage, UsageConfig, UsageObserver, UsageTask};
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -13,14 +13,15 @@ use crate::error::{AuthError, ManagerError};
 use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::limits::{KeyLimits, OwnerLocks};
 use crate::page::{KeyPage, Page, MAX_PAGE};
+use crate::rate_limit::{RateLimit, RateLimitStatus};
 use crate::record::{
-    validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, RateLimit,
+    validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
 };
 use crate::store::stored::Entry;
 use crate::store::{KeyStore, StoreError, StoreUpdate, StoredKeyRef};
 use crate::usage::{
-    Dispatcher, KeyUsage, NoRuntime, RateLimitStatus, Rejection, Subject, Tracker, UsageConfig,
-    UsageSample, UsageTask,
+    Dispatcher, KeyUsage, NoRuntime, Rejection, Subject, Tracker, UsageConfig, UsageSample,
+    UsageTask,
 };
 
 /// How long a store call may take before it counts as a failure, unless

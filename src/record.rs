@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use ipnetwork::IpNetwork;
 
 use crate::key::{Environment, KeyHash, KeyHint};
+use crate::rate_limit::RateLimit;
 
 /// The public identifier of a key: `key_` and 22 base62 characters
 /// (128 random bits).
@@ -251,84 +251,6 @@ impl KeyRecord {
     /// address inside one of its networks.
     pub fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
         crate::net::ip_allowed(&self.allowed_ips, client_ip)
-    }
-}
-
-/// A provider's per-key limit: at most [`requests`](RateLimit::requests) in
-/// each [`window`](RateLimit::window) (fixed windows aligned to the Unix
-/// epoch, e.g. every 5 minutes on the 5-minute marks).
-///
-/// ```
-/// use std::time::Duration;
-/// use tm_auth::{NewKey, RateLimit};
-///
-/// // TrueMail's plans count requests per 5 minutes.
-/// let new = NewKey::new("acct_42", "Production").rate_limit(RateLimit::new(1_000, Duration::from_secs(300)));
-/// # let _ = new;
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct RateLimit {
-    requests: u32,
-    // Non-zero so that `Option<RateLimit>` takes 8 bytes in every record.
-    window_ms: NonZeroU32,
-}
-
-/// Shortest and longest rate-limit windows a key may have.
-pub const RATE_LIMIT_WINDOWS: std::ops::RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(31 * 24 * 3600);
-
-impl RateLimit {
-    /// At most `requests` per `window`. The manager refuses (with
-    /// [`ManagerError::InvalidRateLimit`](crate::ManagerError::InvalidRateLimit))
-    /// zero requests and windows outside [`RATE_LIMIT_WINDOWS`].
-    pub fn new(requests: u32, window: Duration) -> RateLimit {
-        // A zero window becomes 1 ms, which `check` refuses like any window
-        // under a second.
-        let ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
-        RateLimit {
-            requests,
-            window_ms: NonZeroU32::new(ms).unwrap_or(NonZeroU32::MIN),
-        }
-    }
-
-    /// Requests allowed per window.
-    pub fn requests(&self) -> u32 {
-        self.requests
-    }
-
-    /// The window's length.
-    pub fn window(&self) -> Duration {
-        Duration::from_millis(self.window_ms())
-    }
-
-    pub(crate) fn window_ms(&self) -> u64 {
-        u64::from(self.window_ms.get())
-    }
-
-    /// The limit in one word, for a store that keeps it in an atomic: never
-    /// zero (the window is at least 1 ms), so zero can mean "no limit".
-    pub(crate) fn to_word(self) -> u64 {
-        (u64::from(self.requests) << 32) | u64::from(self.window_ms.get())
-    }
-
-    /// The limit [`to_word`](RateLimit::to_word) gave, or `None` for zero.
-    pub(crate) fn from_word(word: u64) -> Option<RateLimit> {
-        Some(RateLimit {
-            requests: (word >> 32) as u32,
-            window_ms: NonZeroU32::new(word as u32)?,
-        })
-    }
-
-    /// Why this limit cannot be used, if it cannot.
-    pub(crate) fn check(&self) -> Result<(), &'static str> {
-        if self.requests == 0 {
-            return Err("a rate limit allows at least one request per window");
-        }
-        if !RATE_LIMIT_WINDOWS.contains(&self.window()) {
-            return Err("a rate-limit window is between 1 second and 31 days");
-        }
-        Ok(())
     }
 }
 

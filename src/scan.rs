@@ -90,7 +90,7 @@ fn find_prefix(bytes: &[u8]) -> Option<usize> {
     while let Some(t) = bytes.get(from..)?.iter().position(|&b| b == b't') {
         let at = from + t;
         let rest = &bytes[at..];
-        if rest.starts_with(b"tm_live_") || rest.starts_with(b"tm_test_") {
+        if Environment::from_prefix(rest).is_some() {
             return Some(at);
         }
         from = at + 1;

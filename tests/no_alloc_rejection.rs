@@ -58,7 +58,7 @@ fn rejections_decide_without_allocating() {
         headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static(value));
         let (rejected, count) = allocations_during(|| {
             bearer_token(&headers, &uri)
-                .map_err(|e| e.code())
+                .map_err(|e| tm_auth::AuthError::from(e).code())
                 .and_then(|token| {
                     TmKey::parse(token)
                         .map(|_| ())

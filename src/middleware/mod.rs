@@ -19,7 +19,7 @@ use crate::error::AuthError;
 use crate::header::key_hash;
 use crate::key::Environment;
 use crate::manager::{KeyManager, VerifyOptions};
-use crate::usage::RateLimitStatus;
+use crate::rate_limit::RateLimitStatus;
 
 pub mod client_ip;
 mod response;
@@ -281,7 +281,7 @@ where
         // or allocation for the verification.
         let hash = match key_hash(request.headers(), request.uri()) {
             Ok(hash) => hash,
-            Err(err) => return self.reject(err, request),
+            Err(err) => return self.reject(err.into(), request),
         };
         let mut options = VerifyOptions::new().client_ip(self.client_ip(&request));
         if let Some(environment) = self.config.environment {
@@ -373,7 +373,7 @@ fn accepted(who: &crate::AuthenticatedKey) {
 /// Adds the `RateLimit-*` headers for a key that has a limit.
 fn with_rate_limit<B>(mut response: Response<B>, status: Option<RateLimitStatus>) -> Response<B> {
     if let Some(status) = status {
-        response::set_rate_limit_headers(
+        crate::rate_limit::set_headers(
             response.headers_mut(),
             status.limit,
             status.remaining,

@@ -13,7 +13,8 @@ use http::header::{
 use http::Response;
 use http_body_util::Full;
 
-use crate::error::{retry_after_secs, AuthError};
+use crate::error::AuthError;
+use crate::rate_limit::retry_after_secs;
 
 /// The `realm` of the `WWW-Authenticate` challenge: visible ASCII (spaces
 /// allowed inside), no `"` or `\`, at most 128 characters.
@@ -227,22 +228,6 @@ fn json_body(err: &AuthError) -> String {
     body
 }
 
-/// The IETF draft's `RateLimit-Limit`, `RateLimit-Remaining` and
-/// `RateLimit-Reset` (seconds until the window ends).
-pub(crate) fn set_rate_limit_headers(
-    headers: &mut HeaderMap,
-    limit: u32,
-    remaining: u32,
-    reset: std::time::Duration,
-) {
-    headers.insert("ratelimit-limit", HeaderValue::from(limit));
-    headers.insert("ratelimit-remaining", HeaderValue::from(remaining));
-    headers.insert(
-        "ratelimit-reset",
-        HeaderValue::from(retry_after_secs(reset)),
-    );
-}
-
 impl AuthError {
     /// The HTTP response for this error, with the default realm (`api`):
     /// status, JSON body, `WWW-Authenticate` on 401, `Retry-After` on 429
@@ -275,7 +260,7 @@ impl AuthError {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
         }
         if let AuthError::RateLimited { retry_after, limit } = self {
-            set_rate_limit_headers(&mut headers, *limit, 0, *retry_after);
+            crate::rate_limit::set_headers(&mut headers, *limit, 0, *retry_after);
         }
         let mut response = Response::new(Full::new(body(self)));
         *response.status_mut() = self.status();

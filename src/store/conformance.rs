@@ -37,7 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta};
 use crate::key::{Environment, TmKey};
-use crate::record::{KeyId, KeyRecord, RateLimit};
+use crate::rate_limit::RateLimit;
+use crate::record::{KeyId, KeyRecord};
 
 /// One failed check.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use crate::record::{KeyId, KeyRecord, KeyStatus};
 pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub(crate) mod counters;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -74,7 +75,7 @@ pub struct StoreUpdate {
     /// An expiry to apply if it is earlier than the current one.
     pub expires_at: Option<SystemTime>,
     /// A new rate limit (`Some(None)` removes it).
-    pub rate_limit: Option<Option<crate::record::RateLimit>>,
+    pub rate_limit: Option<Option<crate::rate_limit::RateLimit>>,
 }
 
 impl StoreUpdate {

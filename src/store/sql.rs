@@ -13,7 +13,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 
 use super::{Rejections, StoreError, UsageTotals};
 use crate::key::{Environment, KeyHash, KeyHint};
-use crate::record::{KeyId, KeyRecord, RateLimit};
+use crate::rate_limit::RateLimit;
+use crate::record::{KeyId, KeyRecord};
 
 pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::backend(err)

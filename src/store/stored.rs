@@ -19,12 +19,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use ipnetwork::IpNetwork;
 
+use super::counters::{Claim, Counters};
 use super::StoreUpdate;
 use crate::clock::{moved_by, nanos_between};
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::net::ip_allowed;
-use crate::record::{KeyId, KeyRecord, RateLimit};
-use crate::usage::{Claim, Counters};
+use crate::rate_limit::RateLimit;
+use crate::record::{KeyId, KeyRecord};
 
 /// `revoked_ns` of a key that is not revoked.
 const NOT_REVOKED: i64 = i64::MIN;

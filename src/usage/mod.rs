@@ -28,14 +28,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::rate_limit::RateLimitStatus;
 use crate::record::KeyId;
 use crate::store::Rejections;
 
-mod counters;
+mod minutes;
 mod tracker;
 
-pub(crate) use counters::Counters;
-pub(crate) use tracker::{Claim, Subject, Tracker};
+pub(crate) use tracker::{Subject, Tracker};
 
 /// How usage is monitored. The default keeps 24 hours of per-minute history
 /// and calls a key's minute a spike above 5 times its trailing hourly
@@ -255,18 +255,6 @@ pub struct UsageSample {
     pub last_used_at: Option<SystemTime>,
 }
 
-/// Where a key stands in its rate-limit window after a request was let in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RateLimitStatus {
-    /// Requests allowed per window.
-    pub limit: u32,
-    /// Requests left in the current window.
-    pub remaining: u32,
-    /// Time until the window ends.
-    pub reset: Duration,
-}
-
 /// Why a real key's request was refused, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 // The order of `Rejections::from_counts`.
@@ -280,14 +268,6 @@ pub(crate) enum Rejection {
 
 fn time_of(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-fn pack(high: u32, low: u32) -> u64 {
-    (u64::from(high) << 32) | u64::from(low)
-}
-
-fn unpack(word: u64) -> (u32, u32) {
-    ((word >> 32) as u32, word as u32)
 }
 
 /// An event for the observer, sent from the request path.

@@ -26,12 +26,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::counters::{Counters, Minutes};
+use super::minutes::Minutes;
 use super::{time_of, Event, KeyUsage, MinuteUsage, NewIp, Rejection, Spike};
-use super::{RateLimitStatus, UsageConfig, UsageSample};
+use super::{UsageConfig, UsageSample};
 use crate::clock::{millis_since_epoch, Clock};
-use crate::rate_limit::Window;
-use crate::record::{KeyId, KeyRecord, RateLimit, UniformHasher};
+use crate::rate_limit::{RateLimit, RateLimitStatus, Window};
+use crate::record::{KeyId, KeyRecord, UniformHasher};
+use crate::store::counters::{Claim, Counters};
 use crate::store::stored::Entry;
 use crate::store::{Rejections, StoredKeyRef, UsageDelta, UsageTotals};
 
@@ -520,16 +521,6 @@ fn minute_of(ms: u64) -> u32 {
 
 fn load(words: &[AtomicU64; 5]) -> [u64; 5] {
     std::array::from_fn(|i| words[i].load(Ordering::Relaxed))
-}
-
-/// How an entry's inline counters stand for a tracker.
-pub(crate) enum Claim {
-    /// This tracker's already.
-    Ours,
-    /// Just claimed by this call.
-    Won,
-    /// Another tracker's.
-    Theirs,
 }
 
 /// Deltas for one `record_usage` call, and what they were computed from.
