@@ -63,15 +63,6 @@ use crate::record::{KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey};
 use crate::usage::KeyUsage;
 use crate::ManagerError;
 
-/// The routes, as `(method, path)`: what `openapi/admin.json` must describe.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("post", "/keys"),
-    ("get", "/keys"),
-    ("patch", "/keys/{id}"),
-    ("post", "/keys/{id}/revoke"),
-    ("post", "/keys/{id}/rotate"),
-];
-
 /// Keys on a page of `GET /keys` when no `limit` is given.
 pub const DEFAULT_PAGE: usize = 100;
 

@@ -584,3 +584,36 @@ fn the_default_max_age_bounds_unannounced_changes_to_30_seconds() {
         Duration::from_secs(30)
     );
 }
+
+#[tokio::test]
+async fn a_store_over_the_callers_pool_migrates_when_asked_and_once() {
+    let schema = format!("t_{}", tm_auth::KeyId::generate().as_u128());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options().options([("search_path", schema.as_str())]))
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    assert!(
+        store.get(&tm_auth::KeyId::generate()).await.is_err(),
+        "no tables before migrate()"
+    );
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let manager = KeyManager::new(store.clone());
+    let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+    assert!(manager
+        .verify(created.key.expose_secret(), None)
+        .await
+        .is_ok());
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM tm_auth_migrations ORDER BY version")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3], "each migration ran once");
+}

@@ -415,9 +415,9 @@ where
         match self.project().state.project() {
             StateProj::Rejected { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response.map(Either::Right))),
-                // Polled after completion: a caller bug, answered by never
-                // completing again rather than a panic.
-                None => Poll::Pending,
+                // A caller bug, as for any future: said at once rather than
+                // left to hang a task that waits for a wake-up never coming.
+                None => panic!("ResponseFuture polled after completion"),
             },
             StateProj::Inner { future, rate_limit } => future
                 .poll(cx)
@@ -557,6 +557,17 @@ mod tests {
             Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
             _ => panic!("a header rejection needs no async work"),
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "ResponseFuture polled after completion")]
+    fn a_rejection_polled_after_completion_panics_rather_than_hangs() {
+        let layer = ApiKeyLayer::new(KeyManager::new(UnreachableStore));
+        let mut service = layer.layer(echo_name());
+        let mut future = std::pin::pin!(service.call(request(Some("Basic abc"))));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_ready());
+        let _ = future.as_mut().poll(&mut cx);
     }
 
     #[tokio::test]

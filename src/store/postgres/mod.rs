@@ -111,8 +111,32 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// A store over your own pool (its size, timeouts and TLS are yours).
+    /// Call [`migrate`](PostgresStore::migrate) once before the store is
+    /// used; [`connect`](PostgresStore::connect) does both for a URL.
+    ///
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use sqlx::postgres::PgPoolOptions;
+    /// use tm_auth::store::postgres::PostgresStore;
+    ///
+    /// let pool = PgPoolOptions::new().max_connections(32).connect("postgres://app@127.0.0.1/app").await?;
+    /// let store = PostgresStore::new(pool);
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn new(pool: PgPool) -> PostgresStore {
+        PostgresStore { pool }
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects to `url` (a pool of up to 16 connections) and migrates the
-    /// default schema.
+    /// default schema: the short form of [`new`](PostgresStore::new) and
+    /// [`migrate`](PostgresStore::migrate).
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(backend)?;
         PostgresStore::connect_with(options, None).await
@@ -154,7 +178,11 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    /// Creates or updates the tables, the index and the change-feed
+    /// triggers in the pool's schema (its `search_path`). Safe to run from
+    /// every server at start: migrations run once, under an advisory lock,
+    /// and a second run changes nothing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // One migrator at a time across every server: a transaction-scoped lock.
         sqlx::query("SELECT pg_advisory_xact_lock(7254131004)")
