@@ -84,6 +84,7 @@ mod record;
 pub mod scan;
 pub mod store;
 pub mod usage;
+mod verify;
 
 pub use error::{AuthError, ManagerError};
 pub use header::{BearerError, HeaderError, MisplacedKey};
@@ -92,7 +93,7 @@ pub use key::{
     UnknownEnvironment, KEY_LEN,
 };
 pub use limits::{KeyLimits, DEFAULT_ACTIVE_KEYS_PER_OWNER, DEFAULT_ALLOWED_IPS_PER_KEY};
-pub use manager::{AuthenticatedKey, CreatedKey, KeyManager, VerifyOptions, DEFAULT_STORE_TIMEOUT};
+pub use manager::{CreatedKey, KeyManager, DEFAULT_STORE_TIMEOUT};
 pub use middleware::{
     ApiKeyLayer, ApiKeyService, ClientIpHeader, InvalidRealm, PeerAddr, Realm, ResponseBody,
     ResponseFuture,
@@ -104,6 +105,7 @@ pub use record::{
 };
 pub use store::{KeyStore, MemoryStore, StoreError};
 pub use usage::{KeyUsage, UsageConfig, UsageObserver, UsageTask};
+pub use verify::{AuthenticatedKey, VerifyOptions};
 
 /// The README's code blocks, compiled as doctests so they stay true.
 #[cfg(doctest)]

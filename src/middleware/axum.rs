@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use crate::error::AuthError;
-use crate::manager::AuthenticatedKey;
+use crate::verify::AuthenticatedKey;
 
 /// Extracts the key [`ApiKeyLayer`](crate::ApiKeyLayer) authenticated.
 ///

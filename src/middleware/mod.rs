@@ -18,8 +18,9 @@ use tower::{Layer, Service};
 use crate::error::AuthError;
 use crate::header::key_hash;
 use crate::key::Environment;
-use crate::manager::{KeyManager, VerifyOptions};
+use crate::manager::KeyManager;
 use crate::rate_limit::RateLimitStatus;
+use crate::verify::VerifyOptions;
 
 pub mod client_ip;
 mod response;

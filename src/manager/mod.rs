@@ -1,28 +1,25 @@
-//! [`KeyManager`]: the one place where keys are created, edited, revoked,
-//! rotated and verified.
+//! [`KeyManager`]: the one place where keys are created, listed, edited,
+//! revoked and rotated. Verifying a key is in [`verify`](crate::verify);
+//! reading and flushing usage in [`usage`](self::usage).
 
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
-use crate::clock::{millis_since_epoch, Clock, SystemClock};
-use crate::error::{AuthError, ManagerError};
-use crate::key::{Environment, KeyHash, KeyHint, TmKey};
+use crate::clock::{Clock, SystemClock};
+use crate::error::ManagerError;
+use crate::key::TmKey;
 use crate::limits::{KeyLimits, OwnerLocks};
 use crate::page::{KeyPage, Page, MAX_PAGE};
-use crate::rate_limit::{RateLimit, RateLimitStatus};
 use crate::record::{
     validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
 };
-use crate::store::stored::Entry;
-use crate::store::{KeyStore, StoreError, StoreUpdate, StoredKeyRef};
-use crate::usage::{
-    Dispatcher, KeyUsage, NoRuntime, Rejection, Subject, Tracker, UsageConfig, UsageSample,
-    UsageTask,
-};
+use crate::store::{KeyStore, StoreError, StoreUpdate};
+use crate::usage::{Dispatcher, Tracker, UsageConfig};
+
+mod usage;
 
 /// How long a store call may take before it counts as a failure, unless
 /// configured otherwise.
@@ -83,178 +80,6 @@ pub struct CreatedKey {
     pub key: TmKey,
     /// What the store keeps.
     pub record: KeyRecord,
-}
-
-/// What [`KeyManager::verify_with`] checks besides the key itself.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VerifyOptions {
-    client_ip: Option<IpAddr>,
-    environment: Option<Environment>,
-    timeout: Option<Duration>,
-}
-
-impl VerifyOptions {
-    /// No client IP, any environment, the manager's store timeout.
-    pub fn new() -> VerifyOptions {
-        VerifyOptions::default()
-    }
-
-    /// The client's address, checked against the key's allowlist.
-    pub fn client_ip(mut self, ip: Option<IpAddr>) -> VerifyOptions {
-        self.client_ip = ip;
-        self
-    }
-
-    /// Accept keys of this environment only.
-    pub fn require_environment(mut self, environment: Environment) -> VerifyOptions {
-        self.environment = Some(environment);
-        self
-    }
-
-    /// Bound the store lookup by `timeout` instead of the manager's default.
-    pub fn store_timeout(mut self, timeout: Duration) -> VerifyOptions {
-        self.timeout = Some(timeout);
-        self
-    }
-}
-
-/// Who called: what a verification returns and what the layer puts in the
-/// request's extensions for the inner service.
-///
-/// ```
-/// # use tm_auth::AuthenticatedKey;
-/// async fn handler(request: http::Request<()>) -> String {
-///     match request.extensions().get::<AuthenticatedKey>() {
-///         Some(who) => format!("hello {} ({})", who.owner(), who.name()),
-///         None => "not authenticated".into(),
-///     }
-/// }
-/// ```
-#[derive(Clone)]
-pub struct AuthenticatedKey {
-    record: Found,
-    /// The name, copied from an in-memory entry when first asked for.
-    name: OnceLock<Arc<str>>,
-    rate_limit: Option<RateLimitStatus>,
-}
-
-/// A key as the store answered: its record, or the entry an in-memory store
-/// keeps (read in place, usage counted in it).
-#[derive(Clone)]
-enum Found {
-    Record(Arc<KeyRecord>),
-    Stored(StoredKeyRef),
-}
-
-/// What judging a key reads, from a record or from an in-memory entry.
-trait Verdict {
-    fn revoked(&self) -> bool;
-    fn expires(&self) -> bool;
-    fn expired(&self, now: SystemTime) -> bool;
-    fn rate_limit(&self) -> Option<RateLimit>;
-    fn environment(&self) -> Environment;
-    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool;
-}
-
-impl Verdict for KeyRecord {
-    fn revoked(&self) -> bool {
-        self.revoked_at.is_some()
-    }
-    fn expires(&self) -> bool {
-        self.expires_at.is_some()
-    }
-    fn expired(&self, now: SystemTime) -> bool {
-        self.expires_at.is_some_and(|at| now >= at)
-    }
-    fn rate_limit(&self) -> Option<RateLimit> {
-        self.rate_limit
-    }
-    fn environment(&self) -> Environment {
-        self.environment
-    }
-    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
-        KeyRecord::allows_ip(self, client_ip)
-    }
-}
-
-impl Verdict for Entry<'_> {
-    fn revoked(&self) -> bool {
-        self.is_revoked()
-    }
-    fn expires(&self) -> bool {
-        Entry::expires(*self)
-    }
-    fn expired(&self, now: SystemTime) -> bool {
-        Entry::expired(*self, now)
-    }
-    fn rate_limit(&self) -> Option<RateLimit> {
-        Entry::rate_limit(*self)
-    }
-    fn environment(&self) -> Environment {
-        Entry::environment(*self)
-    }
-    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
-        Entry::allows_ip(*self, client_ip)
-    }
-}
-
-impl AuthenticatedKey {
-    /// The key's id.
-    pub fn id(&self) -> KeyId {
-        match &self.record {
-            Found::Record(record) => record.id,
-            Found::Stored(entry) => entry.entry().id(),
-        }
-    }
-
-    /// The account that owns the key.
-    pub fn owner(&self) -> &str {
-        match &self.record {
-            Found::Record(record) => &record.owner,
-            Found::Stored(entry) => entry.entry().owner(),
-        }
-    }
-
-    /// The key's name (for a key an in-memory store keeps, as it is when
-    /// first asked for).
-    pub fn name(&self) -> &str {
-        match &self.record {
-            Found::Record(record) => &record.name,
-            Found::Stored(entry) => self.name.get_or_init(|| entry.entry().shared_name()),
-        }
-    }
-
-    /// Live or test: a handler may act differently on test keys.
-    pub fn environment(&self) -> Environment {
-        match &self.record {
-            Found::Record(record) => record.environment,
-            Found::Stored(entry) => entry.entry().environment(),
-        }
-    }
-
-    /// `tm_live_...abcd`, for logs a person reads.
-    pub fn hint(&self) -> KeyHint {
-        match &self.record {
-            Found::Record(record) => record.hint,
-            Found::Stored(entry) => entry.entry().hint(),
-        }
-    }
-
-    /// Where the key stands in its rate-limit window, if it has a limit.
-    pub fn rate_limit(&self) -> Option<RateLimitStatus> {
-        self.rate_limit
-    }
-}
-
-impl fmt::Debug for AuthenticatedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthenticatedKey")
-            .field("id", &self.id())
-            .field("owner", &self.owner())
-            .field("name", &self.name())
-            .field("environment", &self.environment())
-            .finish()
-    }
 }
 
 impl fmt::Debug for KeyManager {
@@ -367,7 +192,19 @@ impl KeyManager {
         self.inner.clock.now()
     }
 
-    async fn bounded<T>(
+    /// The clock the manager decides expiry and counts usage by.
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.inner.clock
+    }
+
+    /// The manager's usage counters and rate-limit windows.
+    pub(crate) fn tracker(&self) -> &Tracker {
+        &self.inner.usage
+    }
+
+    /// Runs a store call, bounded by `timeout` (the manager's own when
+    /// `None`).
+    pub(crate) async fn bounded<T>(
         &self,
         timeout: Option<Duration>,
         call: impl Future<Output = Result<T, StoreError>>,
@@ -611,285 +448,5 @@ impl KeyManager {
             // Nobody holds this key's secret, so it cannot be used; say so loudly anyway.
             tracing::error!(key_id = %id, error = %err, "could not revoke a key created by a failed rotation");
         }
-    }
-
-    /// Verifies `secret` as a request would: format, lookup, revoked,
-    /// expired, then the client IP against the key's allowlist (`None`: the
-    /// address is unknown, which fails for a key that has an allowlist).
-    pub async fn verify(
-        &self,
-        secret: &str,
-        client_ip: Option<IpAddr>,
-    ) -> Result<AuthenticatedKey, AuthError> {
-        self.verify_with(secret, VerifyOptions::new().client_ip(client_ip))
-            .await
-    }
-
-    /// [`verify`](KeyManager::verify) with every option.
-    pub async fn verify_with(
-        &self,
-        secret: &str,
-        options: VerifyOptions,
-    ) -> Result<AuthenticatedKey, AuthError> {
-        let hash = TmKey::hash_of(secret)?;
-        self.verify_hash(&hash, options).await
-    }
-
-    /// Verifies an already parsed key. Checks run in this order and the first
-    /// failure answers: lookup, revoked, expired, environment, client IP.
-    pub async fn verify_key(
-        &self,
-        key: &TmKey,
-        options: VerifyOptions,
-    ) -> Result<AuthenticatedKey, AuthError> {
-        self.verify_hash(&key.hash(), options).await
-    }
-
-    /// [`verify_key`](KeyManager::verify_key) without waiting, when the store
-    /// can answer at once ([`KeyStore::find_stored_now`] or
-    /// [`KeyStore::find_by_hash_now`]); `None` otherwise.
-    pub fn verify_key_now(
-        &self,
-        key: &TmKey,
-        options: VerifyOptions,
-    ) -> Option<Result<AuthenticatedKey, AuthError>> {
-        self.verify_hash_now(&key.hash(), options)
-    }
-
-    pub(crate) async fn verify_hash(
-        &self,
-        hash: &KeyHash,
-        options: VerifyOptions,
-    ) -> Result<AuthenticatedKey, AuthError> {
-        if let Some(verdict) = self.verify_hash_now(hash, options) {
-            return verdict;
-        }
-        // Boxed: the store's future, and the timer racing it, are large, and
-        // a future that carried them inline would cost every verification
-        // that never needs them a copy.
-        let found = Box::pin(self.bounded(options.timeout, self.inner.store.find_by_hash(hash)))
-            .await
-            .map_err(AuthError::StoreUnavailable)?;
-        self.judge(hash, found.map(Found::Record), options)
-    }
-
-    /// The store's answer if it has one without waiting: its in-memory
-    /// entry where it keeps them (read in place, usage counted in it), else
-    /// its record.
-    fn find_now(&self, hash: &KeyHash) -> Option<Result<Option<Found>, StoreError>> {
-        let store = &self.inner.store;
-        if let Some(found) = store.find_stored_now(hash) {
-            return Some(found.map(|found| found.map(Found::Stored)));
-        }
-        let found = store.find_by_hash_now(hash)?;
-        Some(found.map(|found| found.map(Found::Record)))
-    }
-
-    pub(crate) fn verify_hash_now(
-        &self,
-        hash: &KeyHash,
-        options: VerifyOptions,
-    ) -> Option<Result<AuthenticatedKey, AuthError>> {
-        let found = self.find_now(hash)?;
-        Some(
-            found
-                .map_err(AuthError::StoreUnavailable)
-                .and_then(|found| self.judge(hash, found, options)),
-        )
-    }
-
-    /// Everything after the lookup, in order: revoked, expired, environment,
-    /// client IP, rate limit.
-    fn judge(
-        &self,
-        hash: &KeyHash,
-        found: Option<Found>,
-        options: VerifyOptions,
-    ) -> Result<AuthenticatedKey, AuthError> {
-        let record = found.ok_or(AuthError::UnknownKey)?;
-        // A store that answers with another key's record is treated as not
-        // having found one.
-        let rate_limit = match &record {
-            Found::Record(stored) if stored.hash == *hash => {
-                self.check(&**stored, Subject::Record(stored), options)?
-            }
-            Found::Stored(handle) => {
-                // Found once: every check below reads the entry directly.
-                let entry = handle.entry();
-                if !entry.hot().hash_is(hash) {
-                    return Err(AuthError::UnknownKey);
-                }
-                self.check(&entry, Subject::Entry { handle, entry }, options)?
-            }
-            _ => return Err(AuthError::UnknownKey),
-        };
-        Ok(AuthenticatedKey {
-            record,
-            name: OnceLock::new(),
-            rate_limit,
-        })
-    }
-
-    /// The checks after the lookup; on success, where the key stands in its
-    /// rate-limit window.
-    fn check(
-        &self,
-        key: &impl Verdict,
-        subject: Subject<'_>,
-        options: VerifyOptions,
-    ) -> Result<Option<RateLimitStatus>, AuthError> {
-        let usage = &*self.inner.usage;
-        let refuse = |reason: Rejection, err: AuthError| {
-            usage.rejected(subject, reason);
-            Err(err)
-        };
-        if key.revoked() {
-            return refuse(Rejection::Revoked, AuthError::Revoked);
-        }
-        let limit = key.rate_limit();
-        let expires = key.expires();
-        // The clock is read once, and only when something needs it: as a
-        // `SystemTime` for a key that expires, else in the milliseconds
-        // that are all counting and rate limits use.
-        let clock = &*self.inner.clock;
-        let now_ms = if expires {
-            let now = clock.now();
-            if key.expired(now) {
-                return refuse(Rejection::Expired, AuthError::Expired);
-            }
-            millis_since_epoch(now)
-        } else if limit.is_some() || usage.config().enabled {
-            clock.now_millis()
-        } else {
-            0
-        };
-        if let Some(required) = options.environment {
-            let actual = key.environment();
-            if actual != required {
-                let err = AuthError::WrongEnvironment { required, actual };
-                return refuse(Rejection::WrongEnvironment, err);
-            }
-        }
-        if !key.allows_ip(options.client_ip) {
-            let err = AuthError::IpNotAllowed {
-                client_ip: options.client_ip,
-            };
-            return refuse(Rejection::IpNotAllowed, err);
-        }
-        let rate_limit = match limit {
-            Some(limit) => match usage.take(subject, limit, now_ms) {
-                Ok(status) => Some(status),
-                Err(retry_after) => {
-                    return Err(AuthError::RateLimited {
-                        retry_after,
-                        limit: limit.requests(),
-                    })
-                }
-            },
-            None => None,
-        };
-        usage.succeeded(subject, now_ms, options.client_ip, clock);
-        Ok(rate_limit)
-    }
-
-    /// A key's usage: the store's totals plus what this process has counted
-    /// and not flushed yet, and its per-minute history.
-    pub async fn usage(&self, id: &KeyId) -> Result<KeyUsage, ManagerError> {
-        let usage = &self.inner.usage;
-        // Read against a consistent store: no flush moves counts meanwhile.
-        let _flushing = usage.flush_lock.lock().await;
-        let totals = self
-            .bounded(None, self.inner.store.usage(id))
-            .await?
-            .ok_or(ManagerError::NotFound)?;
-        Ok(usage.usage(*id, totals, self.now()))
-    }
-
-    /// The usage of several keys, in the order of `ids` (`None` for an id
-    /// no key has), read from the store in one call: what a page of keys
-    /// shows. Each is what [`usage`](KeyManager::usage) would say.
-    pub async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<KeyUsage>>, ManagerError> {
-        let usage = &self.inner.usage;
-        let _flushing = usage.flush_lock.lock().await;
-        let totals = self
-            .bounded(None, self.inner.store.usage_batch(ids))
-            .await?;
-        if totals.len() != ids.len() {
-            return Err(ManagerError::Store(StoreError::backend(format!(
-                "usage_batch answered {} totals for {} ids",
-                totals.len(),
-                ids.len()
-            ))));
-        }
-        let now = self.now();
-        Ok(ids
-            .iter()
-            .zip(totals)
-            .map(|(id, totals)| totals.map(|totals| usage.usage(*id, totals, now)))
-            .collect())
-    }
-
-    /// Writes the counts not yet in the store, in batches; returns how many
-    /// keys' counts were written. A batch the store refuses stays pending
-    /// and goes with the next flush.
-    pub async fn flush_usage(&self) -> Result<usize, ManagerError> {
-        let usage = &self.inner.usage;
-        let _flushing = usage.flush_lock.lock().await;
-        let mut written = 0;
-        for batch in usage.pending() {
-            self.bounded(None, self.inner.store.record_usage(&batch.deltas))
-                .await?;
-            batch.mark_sent(usage);
-            written += batch.deltas.len();
-        }
-        Ok(written)
-    }
-
-    /// Every used key's counters as this process counted them since it
-    /// started: for exporting to a metrics system such as Prometheus.
-    pub fn usage_snapshot(&self) -> Vec<UsageSample> {
-        self.inner.usage.snapshot()
-    }
-
-    /// Observer events dropped because the observer fell behind.
-    pub fn dropped_usage_events(&self) -> u64 {
-        self.inner.usage.dropped_events()
-    }
-
-    /// Starts a Tokio task that flushes usage every `every` (failures are
-    /// logged and retried with the next batch). Stop it with
-    /// [`UsageTask::shutdown`], which flushes what is pending (dropping the
-    /// `UsageTask` stops it too, after the same last flush).
-    pub fn spawn_usage_task(&self, every: Duration) -> Result<UsageTask, NoRuntime> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
-        let manager = self.clone();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let every = every.max(Duration::from_millis(10));
-        let handle = runtime.spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let mut tick = std::pin::pin!(ticks.tick());
-                // Stop when told to, or when the `UsageTask` is dropped.
-                let stop = std::future::poll_fn(|cx| {
-                    if std::pin::Pin::new(&mut stopped).poll(cx).is_ready() {
-                        return Poll::Ready(true);
-                    }
-                    tick.as_mut().poll(cx).map(|_| false)
-                })
-                .await;
-                if stop {
-                    break;
-                }
-                if let Err(err) = manager.flush_usage().await {
-                    tracing::warn!(error = %err, "usage flush failed; the counts are kept for the next one");
-                }
-            }
-            manager.flush_usage().await
-        });
-        Ok(UsageTask {
-            stop: Some(stop),
-            handle,
-        })
     }
 }

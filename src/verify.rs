@@ -1,0 +1,372 @@
+//! Verifying a key, in one place: the checks in order — lookup, revoked,
+//! expired, environment, client IP, rate limit — each written once,
+//! [`VerifyOptions`] for what is checked besides the key, and
+//! [`AuthenticatedKey`], what a verification returns.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::millis_since_epoch;
+use crate::error::AuthError;
+use crate::key::{Environment, KeyHash, KeyHint, TmKey};
+use crate::manager::KeyManager;
+use crate::rate_limit::{RateLimit, RateLimitStatus};
+use crate::record::{KeyId, KeyRecord};
+use crate::store::stored::Entry;
+use crate::store::{StoreError, StoredKeyRef};
+use crate::usage::{Rejection, Subject};
+
+/// What [`KeyManager::verify_with`] checks besides the key itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerifyOptions {
+    client_ip: Option<IpAddr>,
+    environment: Option<Environment>,
+    timeout: Option<Duration>,
+}
+
+impl VerifyOptions {
+    /// No client IP, any environment, the manager's store timeout.
+    pub fn new() -> VerifyOptions {
+        VerifyOptions::default()
+    }
+
+    /// The client's address, checked against the key's allowlist.
+    pub fn client_ip(mut self, ip: Option<IpAddr>) -> VerifyOptions {
+        self.client_ip = ip;
+        self
+    }
+
+    /// Accept keys of this environment only.
+    pub fn require_environment(mut self, environment: Environment) -> VerifyOptions {
+        self.environment = Some(environment);
+        self
+    }
+
+    /// Bound the store lookup by `timeout` instead of the manager's default.
+    pub fn store_timeout(mut self, timeout: Duration) -> VerifyOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Who called: what a verification returns and what the layer puts in the
+/// request's extensions for the inner service.
+///
+/// ```
+/// # use tm_auth::AuthenticatedKey;
+/// async fn handler(request: http::Request<()>) -> String {
+///     match request.extensions().get::<AuthenticatedKey>() {
+///         Some(who) => format!("hello {} ({})", who.owner(), who.name()),
+///         None => "not authenticated".into(),
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct AuthenticatedKey {
+    record: Found,
+    /// The name, copied from an in-memory entry when first asked for.
+    name: OnceLock<Arc<str>>,
+    rate_limit: Option<RateLimitStatus>,
+}
+
+/// A key as the store answered: its record, or the entry an in-memory store
+/// keeps (read in place, usage counted in it).
+#[derive(Clone)]
+enum Found {
+    Record(Arc<KeyRecord>),
+    Stored(StoredKeyRef),
+}
+
+/// What judging a key reads, from a record or from an in-memory entry.
+trait Verdict {
+    fn revoked(&self) -> bool;
+    fn expires(&self) -> bool;
+    fn expired(&self, now: SystemTime) -> bool;
+    fn rate_limit(&self) -> Option<RateLimit>;
+    fn environment(&self) -> Environment;
+    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool;
+}
+
+impl Verdict for KeyRecord {
+    fn revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+    fn expires(&self) -> bool {
+        self.expires_at.is_some()
+    }
+    fn expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+    fn environment(&self) -> Environment {
+        self.environment
+    }
+    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
+        KeyRecord::allows_ip(self, client_ip)
+    }
+}
+
+impl Verdict for Entry<'_> {
+    fn revoked(&self) -> bool {
+        self.is_revoked()
+    }
+    fn expires(&self) -> bool {
+        Entry::expires(*self)
+    }
+    fn expired(&self, now: SystemTime) -> bool {
+        Entry::expired(*self, now)
+    }
+    fn rate_limit(&self) -> Option<RateLimit> {
+        Entry::rate_limit(*self)
+    }
+    fn environment(&self) -> Environment {
+        Entry::environment(*self)
+    }
+    fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
+        Entry::allows_ip(*self, client_ip)
+    }
+}
+
+impl AuthenticatedKey {
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        match &self.record {
+            Found::Record(record) => record.id,
+            Found::Stored(entry) => entry.entry().id(),
+        }
+    }
+
+    /// The account that owns the key.
+    pub fn owner(&self) -> &str {
+        match &self.record {
+            Found::Record(record) => &record.owner,
+            Found::Stored(entry) => entry.entry().owner(),
+        }
+    }
+
+    /// The key's name (for a key an in-memory store keeps, as it is when
+    /// first asked for).
+    pub fn name(&self) -> &str {
+        match &self.record {
+            Found::Record(record) => &record.name,
+            Found::Stored(entry) => self.name.get_or_init(|| entry.entry().shared_name()),
+        }
+    }
+
+    /// Live or test: a handler may act differently on test keys.
+    pub fn environment(&self) -> Environment {
+        match &self.record {
+            Found::Record(record) => record.environment,
+            Found::Stored(entry) => entry.entry().environment(),
+        }
+    }
+
+    /// `tm_live_...abcd`, for logs a person reads.
+    pub fn hint(&self) -> KeyHint {
+        match &self.record {
+            Found::Record(record) => record.hint,
+            Found::Stored(entry) => entry.entry().hint(),
+        }
+    }
+
+    /// Where the key stands in its rate-limit window, if it has a limit.
+    pub fn rate_limit(&self) -> Option<RateLimitStatus> {
+        self.rate_limit
+    }
+}
+
+impl fmt::Debug for AuthenticatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthenticatedKey")
+            .field("id", &self.id())
+            .field("owner", &self.owner())
+            .field("name", &self.name())
+            .field("environment", &self.environment())
+            .finish()
+    }
+}
+
+impl KeyManager {
+    /// Verifies `secret` as a request would: format, lookup, revoked,
+    /// expired, then the client IP against the key's allowlist (`None`: the
+    /// address is unknown, which fails for a key that has an allowlist).
+    pub async fn verify(
+        &self,
+        secret: &str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        self.verify_with(secret, VerifyOptions::new().client_ip(client_ip))
+            .await
+    }
+
+    /// [`verify`](KeyManager::verify) with every option.
+    pub async fn verify_with(
+        &self,
+        secret: &str,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        let hash = TmKey::hash_of(secret)?;
+        self.verify_hash(&hash, options).await
+    }
+
+    /// Verifies an already parsed key. Checks run in this order and the first
+    /// failure answers: lookup, revoked, expired, environment, client IP.
+    pub async fn verify_key(
+        &self,
+        key: &TmKey,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        self.verify_hash(&key.hash(), options).await
+    }
+
+    /// [`verify_key`](KeyManager::verify_key) without waiting, when the store
+    /// can answer at once ([`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now) or
+    /// [`KeyStore::find_by_hash_now`](crate::KeyStore::find_by_hash_now)); `None` otherwise.
+    pub fn verify_key_now(
+        &self,
+        key: &TmKey,
+        options: VerifyOptions,
+    ) -> Option<Result<AuthenticatedKey, AuthError>> {
+        self.verify_hash_now(&key.hash(), options)
+    }
+
+    pub(crate) async fn verify_hash(
+        &self,
+        hash: &KeyHash,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        if let Some(verdict) = self.verify_hash_now(hash, options) {
+            return verdict;
+        }
+        // Boxed: the store's future, and the timer racing it, are large, and
+        // a future that carried them inline would cost every verification
+        // that never needs them a copy.
+        let found = Box::pin(self.bounded(options.timeout, self.store().find_by_hash(hash)))
+            .await
+            .map_err(AuthError::StoreUnavailable)?;
+        self.judge(hash, found.map(Found::Record), options)
+    }
+
+    /// The store's answer if it has one without waiting: its in-memory
+    /// entry where it keeps them (read in place, usage counted in it), else
+    /// its record.
+    fn find_now(&self, hash: &KeyHash) -> Option<Result<Option<Found>, StoreError>> {
+        let store = self.store();
+        if let Some(found) = store.find_stored_now(hash) {
+            return Some(found.map(|found| found.map(Found::Stored)));
+        }
+        let found = store.find_by_hash_now(hash)?;
+        Some(found.map(|found| found.map(Found::Record)))
+    }
+
+    pub(crate) fn verify_hash_now(
+        &self,
+        hash: &KeyHash,
+        options: VerifyOptions,
+    ) -> Option<Result<AuthenticatedKey, AuthError>> {
+        let found = self.find_now(hash)?;
+        Some(
+            found
+                .map_err(AuthError::StoreUnavailable)
+                .and_then(|found| self.judge(hash, found, options)),
+        )
+    }
+
+    /// Everything after the lookup, in order: revoked, expired, environment,
+    /// client IP, rate limit.
+    fn judge(
+        &self,
+        hash: &KeyHash,
+        found: Option<Found>,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        let record = found.ok_or(AuthError::UnknownKey)?;
+        // A store that answers with another key's record is treated as not
+        // having found one.
+        let rate_limit = match &record {
+            Found::Record(stored) if stored.hash == *hash => {
+                self.check(&**stored, Subject::Record(stored), options)?
+            }
+            Found::Stored(handle) => {
+                // Found once: every check below reads the entry directly.
+                let entry = handle.entry();
+                if !entry.hot().hash_is(hash) {
+                    return Err(AuthError::UnknownKey);
+                }
+                self.check(&entry, Subject::Entry { handle, entry }, options)?
+            }
+            _ => return Err(AuthError::UnknownKey),
+        };
+        Ok(AuthenticatedKey {
+            record,
+            name: OnceLock::new(),
+            rate_limit,
+        })
+    }
+
+    /// The checks after the lookup; on success, where the key stands in its
+    /// rate-limit window.
+    fn check(
+        &self,
+        key: &impl Verdict,
+        subject: Subject<'_>,
+        options: VerifyOptions,
+    ) -> Result<Option<RateLimitStatus>, AuthError> {
+        let usage = self.tracker();
+        let refuse = |reason: Rejection, err: AuthError| {
+            usage.rejected(subject, reason);
+            Err(err)
+        };
+        if key.revoked() {
+            return refuse(Rejection::Revoked, AuthError::Revoked);
+        }
+        let limit = key.rate_limit();
+        let expires = key.expires();
+        // The clock is read once, and only when something needs it: as a
+        // `SystemTime` for a key that expires, else in the milliseconds
+        // that are all counting and rate limits use.
+        let clock = self.clock();
+        let now_ms = if expires {
+            let now = clock.now();
+            if key.expired(now) {
+                return refuse(Rejection::Expired, AuthError::Expired);
+            }
+            millis_since_epoch(now)
+        } else if limit.is_some() || usage.config().enabled {
+            clock.now_millis()
+        } else {
+            0
+        };
+        if let Some(required) = options.environment {
+            let actual = key.environment();
+            if actual != required {
+                let err = AuthError::WrongEnvironment { required, actual };
+                return refuse(Rejection::WrongEnvironment, err);
+            }
+        }
+        if !key.allows_ip(options.client_ip) {
+            let err = AuthError::IpNotAllowed {
+                client_ip: options.client_ip,
+            };
+            return refuse(Rejection::IpNotAllowed, err);
+        }
+        let rate_limit = match limit {
+            Some(limit) => match usage.take(subject, limit, now_ms) {
+                Ok(status) => Some(status),
+                Err(retry_after) => {
+                    return Err(AuthError::RateLimited {
+                        retry_after,
+                        limit: limit.requests(),
+                    })
+                }
+            },
+            None => None,
+        };
+        usage.succeeded(subject, now_ms, options.client_ip, clock);
+        Ok(rate_limit)
+    }
+}
