@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnetwork::IpNetwork;
 use sqlx::query::Query;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
-use super::{Rejections, StoreError, UsageTotals};
+use super::{Rejections, StoreError, StoreUpdate, UsageTotals};
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::rate_limit::RateLimit;
 use crate::record::{KeyId, KeyRecord};
@@ -204,3 +204,314 @@ where
         last_used_ip: ip.and_then(|ip| ip.parse().ok()),
     })
 }
+
+/// A SQL dialect the crate's stores speak: the statements every store
+/// shares, written once and rendered for the dialect once.
+pub(crate) trait Dialect: Database {
+    /// The shared statements in this dialect.
+    fn statements() -> &'static Statements;
+}
+
+/// The statements both SQL stores run, in one dialect.
+pub(crate) struct Statements {
+    insert: String,
+    by_hash: String,
+    by_id: String,
+    by_owner: String,
+    page: String,
+    count_active: String,
+    update: String,
+    revoke: String,
+    usage: String,
+}
+
+/// The shared statements, with `$1`-style parameters, `{columns}` for
+/// [`COLUMNS`] and `{blob}` / `{int}` for the dialect's type names in casts.
+const INSERT: &str = "INSERT INTO tm_auth_keys ({columns}) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+const BY_HASH: &str = "SELECT {columns} FROM tm_auth_keys WHERE hash = $1";
+const BY_ID: &str = "SELECT {columns} FROM tm_auth_keys WHERE id = $1";
+const BY_OWNER: &str = "SELECT {columns} FROM tm_auth_keys WHERE owner = $1 ORDER BY seq";
+// After the cursor's row, if it is one of the owner's; past every row if it
+// is not (an empty page).
+const PAGE: &str = "SELECT {columns} FROM tm_auth_keys WHERE owner = $1 AND seq > CASE
+         WHEN CAST($2 AS {blob}) IS NULL THEN 0
+         ELSE COALESCE((SELECT seq FROM tm_auth_keys WHERE id = $2 AND owner = $1),
+                       9223372036854775807) END
+     ORDER BY seq LIMIT $3";
+const COUNT_ACTIVE: &str = "SELECT count(*) AS active FROM tm_auth_keys WHERE owner = $1
+     AND revoked_at_ms IS NULL AND (expires_at_ms IS NULL OR expires_at_ms > $2)";
+// One statement: a revoked key is untouched and an expiry only ever moves
+// earlier, whatever runs beside it; whether it applied is whether it
+// returned the row.
+const UPDATE: &str = "UPDATE tm_auth_keys SET
+        name = COALESCE($1, name),
+        allowed_ips = COALESCE($2, allowed_ips),
+        expires_at_ms = CASE
+            WHEN CAST($3 AS {int}) IS NULL THEN expires_at_ms
+            WHEN expires_at_ms IS NULL OR CAST($3 AS {int}) < expires_at_ms THEN CAST($3 AS {int})
+            ELSE expires_at_ms END,
+        rate_limit_requests = CASE WHEN $4 THEN $5 ELSE rate_limit_requests END,
+        rate_limit_window_ms = CASE WHEN $4 THEN $6 ELSE rate_limit_window_ms END
+     WHERE id = $7 AND revoked_at_ms IS NULL
+     RETURNING {columns}";
+const REVOKE: &str =
+    "UPDATE tm_auth_keys SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL";
+const USAGE: &str = "SELECT u.requests, u.revoked, u.expired, u.wrong_environment, \
+     u.ip_not_allowed, u.rate_limited, u.last_used_at_ms, u.last_used_ip \
+     FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id WHERE k.id = $1";
+
+impl Statements {
+    /// The shared statements with parameters written `$1` (PostgreSQL) or
+    /// `?1` (SQLite), and the dialect's names for a blob and an integer.
+    pub(crate) fn render(parameter: char, blob: &str, int: &str) -> Statements {
+        let render = |template: &str| {
+            template
+                .replace("{columns}", COLUMNS)
+                .replace("{blob}", blob)
+                .replace("{int}", int)
+                .replace('$', &parameter.to_string())
+        };
+        Statements {
+            insert: render(INSERT),
+            by_hash: render(BY_HASH),
+            by_id: render(BY_ID),
+            by_owner: render(BY_OWNER),
+            page: render(PAGE),
+            count_active: render(COUNT_ACTIVE),
+            update: render(UPDATE),
+            revoke: render(REVOKE),
+            usage: render(USAGE),
+        }
+    }
+}
+
+/// The queries both SQL stores share, over a pool of either dialect.
+#[derive(Debug)]
+pub(crate) struct SqlKeys<DB: Database> {
+    pub(crate) pool: Pool<DB>,
+}
+
+impl<DB: Database> Clone for SqlKeys<DB> {
+    fn clone(&self) -> SqlKeys<DB> {
+        SqlKeys {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB> SqlKeys<DB>
+where
+    DB: Dialect,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+{
+    pub(crate) async fn insert(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        bind_record(sqlx::query(&DB::statements().insert), record)
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
+    async fn one(&self, sql: &'static str, key: Vec<u8>) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(record_from).transpose()
+    }
+
+    pub(crate) async fn find_by_hash(
+        &self,
+        hash: &KeyHash,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.one(&DB::statements().by_hash, hash.as_bytes().to_vec())
+            .await
+    }
+
+    pub(crate) async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.one(&DB::statements().by_id, id_bytes(id)).await
+    }
+
+    pub(crate) async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&DB::statements().by_owner)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    pub(crate) async fn list_page(
+        &self,
+        owner: &str,
+        after: Option<KeyId>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(&DB::statements().page)
+            .bind(owner)
+            .bind(after.as_ref().map(id_bytes))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    pub(crate) async fn count_active(
+        &self,
+        owner: &str,
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
+        let row = sqlx::query(&DB::statements().count_active)
+            .bind(owner)
+            .bind(to_ms(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let active: i64 = row
+            .try_get("active")
+            .map_err(|_| corrupt("a count is not a number"))?;
+        Ok(usize::try_from(active).unwrap_or(0))
+    }
+
+    pub(crate) async fn update(
+        &self,
+        id: &KeyId,
+        update: &StoreUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let limit = update.rate_limit;
+        let applied = sqlx::query(&DB::statements().update)
+            .bind(update.name.as_deref())
+            .bind(update.allowed_ips.as_deref().map(allowlist_text))
+            .bind(update.expires_at.map(to_ms))
+            .bind(limit.is_some())
+            .bind(limit.flatten().map(|l| i64::from(l.requests())))
+            .bind(limit.flatten().map(|l| count(l.window_ms())))
+            .bind(id_bytes(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        // What the statement wrote, not a second read: a revocation that
+        // lands between the two would make an applied update look refused.
+        match applied {
+            Some(row) => record_from(&row).map(Some),
+            // Refused (revoked) or unknown: the record as it is, if any.
+            None => self.get(id).await,
+        }
+    }
+
+    pub(crate) async fn revoke(
+        &self,
+        id: &KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        sqlx::query(&DB::statements().revoke)
+            .bind(to_ms(at))
+            .bind(id_bytes(id))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        self.get(id).await
+    }
+
+    pub(crate) async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        let row = sqlx::query(&DB::statements().usage)
+            .bind(id_bytes(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(usage_from).transpose()
+    }
+}
+
+/// `KeyStore` for a SQL store: the shared queries of its `keys`
+/// ([`SqlKeys`]), and for the usage batches, which the dialects write
+/// differently, the store's own `write_usage` and `read_usage`.
+macro_rules! sql_key_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::KeyStore for $store {
+            async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+                self.keys.insert(&record).await
+            }
+
+            async fn find_by_hash(
+                &self,
+                hash: &KeyHash,
+            ) -> Result<Option<std::sync::Arc<KeyRecord>>, StoreError> {
+                Ok(self.keys.find_by_hash(hash).await?.map(std::sync::Arc::new))
+            }
+
+            async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+                self.keys.get(id).await
+            }
+
+            async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+                self.keys.list_by_owner(owner).await
+            }
+
+            async fn list_page(
+                &self,
+                owner: &str,
+                after: Option<KeyId>,
+                limit: usize,
+            ) -> Result<Vec<KeyRecord>, StoreError> {
+                self.keys.list_page(owner, after, limit).await
+            }
+
+            async fn count_active(
+                &self,
+                owner: &str,
+                now: std::time::SystemTime,
+            ) -> Result<usize, StoreError> {
+                self.keys.count_active(owner, now).await
+            }
+
+            async fn update(
+                &self,
+                id: &KeyId,
+                update: &StoreUpdate,
+            ) -> Result<Option<KeyRecord>, StoreError> {
+                self.keys.update(id, update).await
+            }
+
+            async fn revoke(
+                &self,
+                id: &KeyId,
+                at: std::time::SystemTime,
+            ) -> Result<Option<KeyRecord>, StoreError> {
+                self.keys.revoke(id, at).await
+            }
+
+            async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+                self.write_usage(batch).await
+            }
+
+            async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+                self.keys.usage(id).await
+            }
+
+            async fn usage_batch(
+                &self,
+                ids: &[KeyId],
+            ) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+                self.read_usage(ids).await
+            }
+        }
+    };
+}
+
+pub(crate) use sql_key_store;

@@ -2,18 +2,16 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::LazyLock;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::sql::{
-    allowlist_text, backend, bind_record, count, id_bytes, id_from, record_from, sql_error, to_ms,
-    usage_from, COLUMNS,
+    backend, count, id_bytes, id_from, sql_key_store, to_ms, usage_from, Dialect, SqlKeys,
+    Statements,
 };
-use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use super::{StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord};
 
@@ -74,7 +72,7 @@ const USAGE_ROWS_PER_STATEMENT: usize = 1_000;
 /// ```
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    keys: SqlKeys<Sqlite>,
 }
 
 impl SqliteStore {
@@ -131,152 +129,20 @@ impl SqliteStore {
                 .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            keys: SqlKeys { pool },
+        })
     }
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn record_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tm_auth_keys WHERE id = ?1"))
-            .bind(id_bytes(id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(record_from).transpose()
+        self.keys.pool.close().await;
     }
 }
 
-#[async_trait]
-impl KeyStore for SqliteStore {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let sql = format!("INSERT INTO tm_auth_keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
-        bind_record(sqlx::query(&sql), &record)
-            .execute(&self.pool)
-            .await
-            .map_err(sql_error)?;
-        Ok(())
-    }
-
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tm_auth_keys WHERE hash = ?1"
-        ))
-        .bind(hash.as_bytes().to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(row.as_ref().map(record_from).transpose()?.map(Arc::new))
-    }
-
-    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.record_by_id(id).await
-    }
-
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = ?1 ORDER BY seq"
-        ))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(record_from).collect()
-    }
-
-    async fn list_page(
-        &self,
-        owner: &str,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        // After the cursor's row, if it is one of the owner's; past every
-        // row if it is not (an empty page).
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = ?1 AND seq > CASE
-                 WHEN ?2 IS NULL THEN 0
-                 ELSE COALESCE((SELECT seq FROM tm_auth_keys WHERE id = ?2 AND owner = ?1),
-                               9223372036854775807) END
-             ORDER BY seq LIMIT ?3"
-        ))
-        .bind(owner)
-        .bind(after.as_ref().map(id_bytes))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(record_from).collect()
-    }
-
-    async fn count_active(&self, owner: &str, now: SystemTime) -> Result<usize, StoreError> {
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tm_auth_keys WHERE owner = ?1 AND revoked_at_ms IS NULL
-                 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
-        )
-        .bind(owner)
-        .bind(to_ms(now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(usize::try_from(active).unwrap_or(0))
-    }
-
-    async fn update(
-        &self,
-        id: &KeyId,
-        update: &StoreUpdate,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        // One statement: a revoked key is untouched and an expiry only ever
-        // moves earlier, whatever runs beside it; whether it applied is
-        // whether it returned the row.
-        let limit = update.rate_limit;
-        let applied = sqlx::query(&format!(
-            "UPDATE tm_auth_keys SET
-                name = COALESCE(?1, name),
-                allowed_ips = COALESCE(?2, allowed_ips),
-                expires_at_ms = CASE
-                    WHEN ?3 IS NULL THEN expires_at_ms
-                    WHEN expires_at_ms IS NULL OR ?3 < expires_at_ms THEN ?3
-                    ELSE expires_at_ms END,
-                rate_limit_requests = CASE WHEN ?4 THEN ?5 ELSE rate_limit_requests END,
-                rate_limit_window_ms = CASE WHEN ?4 THEN ?6 ELSE rate_limit_window_ms END
-             WHERE id = ?7 AND revoked_at_ms IS NULL
-             RETURNING {COLUMNS}",
-        ))
-        .bind(update.name.as_deref())
-        .bind(update.allowed_ips.as_deref().map(allowlist_text))
-        .bind(update.expires_at.map(to_ms))
-        .bind(limit.is_some())
-        .bind(limit.flatten().map(|l| i64::from(l.requests())))
-        .bind(limit.flatten().map(|l| count(l.window_ms())))
-        .bind(id_bytes(id))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        // What the statement wrote, not a second read: a revocation that
-        // lands between the two would make an applied update look refused.
-        match applied {
-            Some(row) => record_from(&row).map(Some),
-            // Refused (revoked) or unknown: the record as it is, if any.
-            None => self.record_by_id(id).await,
-        }
-    }
-
-    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query(
-            "UPDATE tm_auth_keys SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
-        )
-        .bind(to_ms(at))
-        .bind(id_bytes(id))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        self.record_by_id(id).await
-    }
-
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+impl SqliteStore {
+    /// Adds a batch of usage, one statement per thousand keys.
+    async fn write_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         for chunk in batch.chunks(USAGE_ROWS_PER_STATEMENT) {
             // One statement per chunk; the join drops deltas of unknown keys.
             let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -313,25 +179,16 @@ impl KeyStore for SqliteStore {
                      (last_used_at_ms IS NULL OR excluded.last_used_at_ms >= last_used_at_ms) \
                      THEN excluded.last_used_at_ms ELSE last_used_at_ms END",
             );
-            sql.build().execute(&self.pool).await.map_err(backend)?;
+            sql.build()
+                .execute(&self.keys.pool)
+                .await
+                .map_err(backend)?;
         }
         Ok(())
     }
 
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        let row = sqlx::query(
-            "SELECT u.requests, u.revoked, u.expired, u.wrong_environment, u.ip_not_allowed, \
-             u.rate_limited, u.last_used_at_ms, u.last_used_ip \
-             FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id WHERE k.id = ?1",
-        )
-        .bind(id_bytes(id))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(usage_from).transpose()
-    }
-
-    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+    /// Several keys' usage, one statement per thousand keys.
+    async fn read_usage(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
         let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(USAGE_ROWS_PER_STATEMENT) {
             let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -344,10 +201,25 @@ impl KeyStore for SqliteStore {
                 list.push_bind(id_bytes(id));
             }
             sql.push(")");
-            for row in sql.build().fetch_all(&self.pool).await.map_err(backend)? {
+            for row in sql
+                .build()
+                .fetch_all(&self.keys.pool)
+                .await
+                .map_err(backend)?
+            {
                 found.insert(id_from(&row)?, usage_from(&row)?);
             }
         }
         Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+}
+
+sql_key_store!(SqliteStore);
+
+impl Dialect for Sqlite {
+    fn statements() -> &'static Statements {
+        static STATEMENTS: LazyLock<Statements> =
+            LazyLock::new(|| Statements::render('?', "BLOB", "INTEGER"));
+        &STATEMENTS
     }
 }

@@ -1,19 +1,17 @@
 //! [`PostgresStore`]: keys shared by many app servers (feature `postgres`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::LazyLock;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres};
 
 use super::cache::{CacheConfig, CachedStore};
 use super::sql::{
-    allowlist_text, backend, bind_record, count, id_bytes, id_from, record_from, sql_error, to_ms,
-    usage_from, COLUMNS,
+    backend, count, id_bytes, id_from, sql_key_store, to_ms, usage_from, Dialect, SqlKeys,
+    Statements,
 };
-use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use super::{StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
 use crate::record::{KeyId, KeyRecord};
 
@@ -107,7 +105,7 @@ ALTER TABLE tm_auth_keys ENABLE ALWAYS TRIGGER tm_auth_keys_announce_truncate;
 /// ```
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    keys: SqlKeys<Postgres>,
 }
 
 impl PostgresStore {
@@ -126,12 +124,14 @@ impl PostgresStore {
     /// # Ok(()) }
     /// ```
     pub fn new(pool: PgPool) -> PostgresStore {
-        PostgresStore { pool }
+        PostgresStore {
+            keys: SqlKeys { pool },
+        }
     }
 
     /// The pool this store uses.
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.keys.pool
     }
 
     /// Connects to `url` (a pool of up to 16 connections) and migrates the
@@ -173,7 +173,7 @@ impl PostgresStore {
                 .await
                 .map_err(backend)?;
         }
-        let store = PostgresStore { pool };
+        let store = PostgresStore::new(pool);
         store.migrate().await?;
         Ok(store)
     }
@@ -183,7 +183,7 @@ impl PostgresStore {
     /// every server at start: migrations run once, under an advisory lock,
     /// and a second run changes nothing.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.keys.pool.begin().await.map_err(backend)?;
         // One migrator at a time across every server: a transaction-scoped lock.
         sqlx::query("SELECT pg_advisory_xact_lock(7254131004)")
             .execute(&mut *tx)
@@ -253,21 +253,12 @@ impl PostgresStore {
         &self,
         config: CacheConfig,
     ) -> Result<CachedStore<PostgresStore>, StoreError> {
-        feed::start(self.clone(), &self.pool, config).await
+        feed::start(self.clone(), &self.keys.pool, config).await
     }
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn record_by_id(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tm_auth_keys WHERE id = $1"))
-            .bind(id_bytes(id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(record_from).transpose()
+        self.keys.pool.close().await;
     }
 }
 
@@ -276,134 +267,9 @@ impl PostgresStore {
 #[error("a schema name is letters, digits and underscores only")]
 struct InvalidSchema;
 
-#[async_trait]
-impl KeyStore for PostgresStore {
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-        let sql = format!("INSERT INTO tm_auth_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)");
-        bind_record(sqlx::query(&sql), &record)
-            .execute(&self.pool)
-            .await
-            .map_err(sql_error)?;
-        Ok(())
-    }
-
-    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tm_auth_keys WHERE hash = $1"
-        ))
-        .bind(hash.as_bytes().to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(row.as_ref().map(record_from).transpose()?.map(Arc::new))
-    }
-
-    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.record_by_id(id).await
-    }
-
-    async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = $1 ORDER BY seq"
-        ))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(record_from).collect()
-    }
-
-    async fn list_page(
-        &self,
-        owner: &str,
-        after: Option<KeyId>,
-        limit: usize,
-    ) -> Result<Vec<KeyRecord>, StoreError> {
-        // After the cursor's row, if it is one of the owner's; past every
-        // row if it is not (an empty page).
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tm_auth_keys WHERE owner = $1 AND seq > CASE
-                 WHEN $2::BYTEA IS NULL THEN 0
-                 ELSE COALESCE((SELECT seq FROM tm_auth_keys WHERE id = $2 AND owner = $1),
-                               9223372036854775807) END
-             ORDER BY seq LIMIT $3"
-        ))
-        .bind(owner)
-        .bind(after.as_ref().map(id_bytes))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(record_from).collect()
-    }
-
-    async fn count_active(&self, owner: &str, now: SystemTime) -> Result<usize, StoreError> {
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tm_auth_keys WHERE owner = $1 AND revoked_at_ms IS NULL
-                 AND (expires_at_ms IS NULL OR expires_at_ms > $2)",
-        )
-        .bind(owner)
-        .bind(to_ms(now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(usize::try_from(active).unwrap_or(0))
-    }
-
-    async fn update(
-        &self,
-        id: &KeyId,
-        update: &StoreUpdate,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        // One statement: a revoked key is untouched and an expiry only ever
-        // moves earlier, whatever runs beside it; whether it applied is
-        // whether it returned the row.
-        let limit = update.rate_limit;
-        let applied = sqlx::query(&format!(
-            "UPDATE tm_auth_keys SET
-                name = COALESCE($1, name),
-                allowed_ips = COALESCE($2, allowed_ips),
-                expires_at_ms = CASE
-                    WHEN $3::BIGINT IS NULL THEN expires_at_ms
-                    WHEN expires_at_ms IS NULL OR $3::BIGINT < expires_at_ms THEN $3::BIGINT
-                    ELSE expires_at_ms END,
-                rate_limit_requests = CASE WHEN $4 THEN $5 ELSE rate_limit_requests END,
-                rate_limit_window_ms = CASE WHEN $4 THEN $6 ELSE rate_limit_window_ms END
-             WHERE id = $7 AND revoked_at_ms IS NULL
-             RETURNING {COLUMNS}",
-        ))
-        .bind(update.name.as_deref())
-        .bind(update.allowed_ips.as_deref().map(allowlist_text))
-        .bind(update.expires_at.map(to_ms))
-        .bind(limit.is_some())
-        .bind(limit.flatten().map(|l| i64::from(l.requests())))
-        .bind(limit.flatten().map(|l| count(l.window_ms())))
-        .bind(id_bytes(id))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        // What the statement wrote, not a second read: a revocation that
-        // lands between the two would make an applied update look refused.
-        match applied {
-            Some(row) => record_from(&row).map(Some),
-            // Refused (revoked) or unknown: the record as it is, if any.
-            None => self.record_by_id(id).await,
-        }
-    }
-
-    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
-        sqlx::query(
-            "UPDATE tm_auth_keys SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL",
-        )
-        .bind(to_ms(at))
-        .bind(id_bytes(id))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        self.record_by_id(id).await
-    }
-
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+impl PostgresStore {
+    /// Adds a batch of usage in one statement.
+    async fn write_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         // PostgreSQL cannot update one row twice in a statement: merge first.
         let mut merged: HashMap<KeyId, UsageTotals> = HashMap::new();
         for delta in batch {
@@ -412,18 +278,17 @@ impl KeyStore for PostgresStore {
         if merged.is_empty() {
             return Ok(());
         }
-        let mut columns: (
-            Vec<Vec<u8>>,
-            Vec<i64>,
-            [Vec<i64>; 5],
-            Vec<Option<i64>>,
-            Vec<Option<String>>,
-        ) = Default::default();
+        // The batch as columns, one array a column, for UNNEST.
+        let mut ids = Vec::with_capacity(merged.len());
+        let mut requests = Vec::with_capacity(merged.len());
+        let mut rejected: [Vec<i64>; 5] = Default::default();
+        let mut last_used_at = Vec::with_capacity(merged.len());
+        let mut last_used_ip = Vec::with_capacity(merged.len());
         for (id, totals) in &merged {
-            columns.0.push(id_bytes(id));
-            columns.1.push(count(totals.requests));
+            ids.push(id_bytes(id));
+            requests.push(count(totals.requests));
             let r = &totals.rejected;
-            for (column, value) in columns.2.iter_mut().zip([
+            for (column, value) in rejected.iter_mut().zip([
                 r.revoked,
                 r.expired,
                 r.wrong_environment,
@@ -432,10 +297,10 @@ impl KeyStore for PostgresStore {
             ]) {
                 column.push(count(value));
             }
-            columns.3.push(totals.last_used_at.map(to_ms));
-            columns.4.push(totals.last_used_ip.map(|ip| ip.to_string()));
+            last_used_at.push(totals.last_used_at.map(to_ms));
+            last_used_ip.push(totals.last_used_ip.map(|ip| ip.to_string()));
         }
-        let [revoked, expired, wrong_environment, ip_not_allowed, rate_limited] = columns.2;
+        let [revoked, expired, wrong_environment, ip_not_allowed, rate_limited] = rejected;
         // One statement for the whole batch; the join drops unknown keys.
         sqlx::query(
             "INSERT INTO tm_auth_usage (id, requests, revoked, expired, wrong_environment, ip_not_allowed,
@@ -461,35 +326,23 @@ impl KeyStore for PostgresStore {
                     (tm_auth_usage.last_used_at_ms IS NULL OR EXCLUDED.last_used_at_ms >= tm_auth_usage.last_used_at_ms)
                     THEN EXCLUDED.last_used_at_ms ELSE tm_auth_usage.last_used_at_ms END",
         )
-        .bind(columns.0)
-        .bind(columns.1)
+        .bind(ids)
+        .bind(requests)
         .bind(revoked)
         .bind(expired)
         .bind(wrong_environment)
         .bind(ip_not_allowed)
         .bind(rate_limited)
-        .bind(columns.3)
-        .bind(columns.4)
-        .execute(&self.pool)
+        .bind(last_used_at)
+        .bind(last_used_ip)
+        .execute(&self.keys.pool)
         .await
         .map_err(backend)?;
         Ok(())
     }
 
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        let row = sqlx::query(
-            "SELECT u.requests, u.revoked, u.expired, u.wrong_environment, u.ip_not_allowed,
-                    u.rate_limited, u.last_used_at_ms, u.last_used_ip
-             FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id WHERE k.id = $1",
-        )
-        .bind(id_bytes(id))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
-        row.as_ref().map(usage_from).transpose()
-    }
-
-    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+    /// Several keys' usage in one statement.
+    async fn read_usage(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
         let rows = sqlx::query(
             "SELECT k.id, u.requests, u.revoked, u.expired, u.wrong_environment, u.ip_not_allowed,
                     u.rate_limited, u.last_used_at_ms, u.last_used_ip
@@ -497,7 +350,7 @@ impl KeyStore for PostgresStore {
              WHERE k.id = ANY($1::BYTEA[])",
         )
         .bind(ids.iter().map(id_bytes).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.keys.pool)
         .await
         .map_err(backend)?;
         let mut found = HashMap::with_capacity(rows.len());
@@ -505,5 +358,15 @@ impl KeyStore for PostgresStore {
             found.insert(id_from(row)?, usage_from(row)?);
         }
         Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+    }
+}
+
+sql_key_store!(PostgresStore);
+
+impl Dialect for Postgres {
+    fn statements() -> &'static Statements {
+        static STATEMENTS: LazyLock<Statements> =
+            LazyLock::new(|| Statements::render('$', "BYTEA", "BIGINT"));
+        &STATEMENTS
     }
 }
