@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Instructions per HTTP request of examples/load_server.rs, counted by
+# Instructions per HTTP request of benches/harness/load_server.rs, counted by
 # valgrind's callgrind while wrk loads it: a figure that repeats from run to
 # run where requests/s on a shared VM do not.
 #
-#   bench/http_instructions.sh [MODE ...]     (default: off noop on)
+#   benches/scripts/http_instructions.sh [MODE ...]     (default: off noop on)
 #
-# For each mode (AUTH=off|noop|on, see examples/load_server.rs) the server
+# For each mode (AUTH=off|noop|on, see benches/harness/load_server.rs) the server
 # runs under callgrind; wrk warms it for 2 s, the counters are zeroed, wrk
 # loads it for 5 s (1 thread, 10 connections), and the counts are dumped.
 # Prints the instructions per request; with KEEP=1 the callgrind files are
 # kept (their folder is printed) for callgrind_annotate. Note: valgrind does not run SHA-NI,
 # so sha2 takes its software path (about 3 550 instructions a key).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 2; }

@@ -1,5 +1,5 @@
-# Sourced by bench/http_load.sh and bench/http_profile.sh, which set
-# $server (the built examples/load_server), $addr and $port.
+# Sourced by benches/scripts/http_load.sh and benches/scripts/http_profile.sh, which set
+# $server (the built load_server example), $addr and $port.
 #
 # start_server MODE KEYFILE [PIN...]: starts the server in MODE (AUTH=…),
 # pinned by the PIN command if given, writes the key to send as KEYFILE's

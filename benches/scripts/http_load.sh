@@ -2,11 +2,11 @@
 # HTTP requests/s of the axum hello-world with ApiKeyLayer (B) and without (A),
 # loaded by wrk on 127.0.0.1, alternating A B A B.
 #
-#   bench/http_load.sh [PAIRS] [SECONDS]      (defaults: 3 pairs of 10 s)
-#   NOOP=1 bench/http_load.sh ...             (each pair also runs a layer that
+#   benches/scripts/http_load.sh [PAIRS] [SECONDS]      (defaults: 3 pairs of 10 s)
+#   NOOP=1 benches/scripts/http_load.sh ...             (each pair also runs a layer that
 #                                              does nothing: what axum's
 #                                              Router::layer charges any layer)
-#   FLOOR=1 bench/http_load.sh ...            (each pair also runs a layer that
+#   FLOOR=1 benches/scripts/http_load.sh ...            (each pair also runs a layer that
 #                                              does only SHA-256 of the key and
 #                                              one HashMap lookup: what any
 #                                              layer that hashes keys pays)
@@ -15,7 +15,7 @@
 # connections) on CPU 1, where taskset exists. Prints each pair's ratio B/A
 # and the median, and exits non-zero only if a run fails.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 pairs=${1:-3}
 seconds=${2:-10}
@@ -30,7 +30,7 @@ fi
 
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
-source bench/server.sh
+source benches/scripts/server.sh
 
 run() { # $1 = on|off|noop|floor; prints requests/s
   local keyfile rps

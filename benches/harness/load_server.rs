@@ -1,4 +1,4 @@
-//! The server `bench/http_load.sh` loads: axum hello-world on one thread,
+//! The server `benches/scripts/http_load.sh` loads: axum hello-world on one thread,
 //! with or without `ApiKeyLayer`.
 //!
 //! ```text

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where an HTTP request's time goes, symbol by symbol, for two servers side
-# by side: examples/load_server.rs in modes A and B (AUTH=off|noop|floor|on),
+# by side: benches/harness/load_server.rs in modes A and B (AUTH=off|noop|floor|on),
 # each on one thread pinned to CPU 0 under wrk (1 thread, 50 connections) on
 # CPU 1, sampled by perf for 10 s.
 #
-#   bench/http_profile.sh [A] [B] [ROWS]      (defaults: floor on 40)
+#   benches/scripts/http_profile.sh [A] [B] [ROWS]      (defaults: floor on 40)
 #
 # Prints, for the symbols whose cost differs most, nanoseconds a request in
 # B, in A, and B - A; then the totals and the kernel's share. Nanoseconds a
@@ -12,7 +12,7 @@
 # served in them (wrk's rate times 10 s), so they come from one run each and
 # move with the machine: compare within one run of this script.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 a=${1:-floor}
 b=${2:-on}
@@ -30,7 +30,7 @@ fi
 
 cargo build --release --quiet --example load_server
 server=target/release/examples/load_server
-source bench/server.sh
+source benches/scripts/server.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
