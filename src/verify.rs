@@ -14,7 +14,7 @@ use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::manager::KeyManager;
 use crate::rate_limit::{RateLimit, RateLimitStatus};
 use crate::record::{KeyId, KeyRecord};
-use crate::store::stored::Entry;
+use crate::store::memory::Entry;
 use crate::store::{StoreError, StoredKeyRef};
 use crate::usage::{Rejection, Subject};
 

@@ -23,17 +23,16 @@ pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod counters;
-mod memory;
+pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-pub(crate) mod stored;
 
 pub use memory::MemoryStore;
-pub use stored::{StoredKey, StoredKeyRef};
+pub use memory::{StoredKey, StoredKeyRef};
 
 /// A store failed. Management calls report it as
 /// [`ManagerError::Store`](crate::ManagerError::Store); verification answers

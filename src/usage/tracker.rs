@@ -33,7 +33,7 @@ use crate::clock::{millis_since_epoch, Clock};
 use crate::rate_limit::{RateLimit, RateLimitStatus, Window};
 use crate::record::{KeyId, KeyRecord, UniformHasher};
 use crate::store::counters::{Claim, Counters};
-use crate::store::stored::Entry;
+use crate::store::memory::Entry;
 use crate::store::{Rejections, StoredKeyRef, UsageDelta, UsageTotals};
 
 /// What a verification counts against: the store's entry (whose inline
