@@ -57,9 +57,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::key::Environment;
+use crate::key::KeyId;
 use crate::manager::{CreatedKey, KeyManager};
 use crate::page::{Page, MAX_PAGE};
-use crate::record::{KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey};
+use crate::record::{KeyRecord, KeyStatus, KeyUpdate, NewKey};
 use crate::usage::KeyUsage;
 use crate::ManagerError;
 

@@ -89,8 +89,8 @@ mod verify;
 pub use error::{AuthError, ManagerError};
 pub use header::{BearerError, HeaderError, MisplacedKey};
 pub use key::{
-    Environment, InvalidHint, KeyFormatError, KeyHash, KeyHint, RandomnessError, TmKey,
-    UnknownEnvironment, KEY_LEN,
+    Environment, InvalidHint, InvalidKeyId, KeyFormatError, KeyHash, KeyHint, KeyId,
+    RandomnessError, TmKey, UnknownEnvironment, KEY_LEN,
 };
 pub use limits::{KeyLimits, DEFAULT_ACTIVE_KEYS_PER_OWNER, DEFAULT_ALLOWED_IPS_PER_KEY};
 pub use manager::{CreatedKey, KeyManager, DEFAULT_STORE_TIMEOUT};
@@ -100,9 +100,7 @@ pub use middleware::{
 };
 pub use page::{KeyPage, Page, MAX_PAGE};
 pub use rate_limit::{RateLimit, RateLimitStatus, RATE_LIMIT_WINDOWS};
-pub use record::{
-    InvalidKeyId, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_TEXT_LEN,
-};
+pub use record::{KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_TEXT_LEN};
 pub use store::{KeyStore, MemoryStore, StoreError};
 pub use usage::{KeyUsage, UsageConfig, UsageObserver, UsageTask};
 pub use verify::{AuthenticatedKey, VerifyOptions};

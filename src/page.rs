@@ -3,7 +3,8 @@
 
 use std::ops::Deref;
 
-use crate::record::{KeyId, KeyRecord};
+use crate::key::KeyId;
+use crate::record::KeyRecord;
 
 /// Most keys one page may hold.
 pub const MAX_PAGE: usize = 1_000;

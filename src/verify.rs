@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::millis_since_epoch;
 use crate::error::AuthError;
+use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::manager::KeyManager;
 use crate::rate_limit::{RateLimit, RateLimitStatus};
-use crate::record::{KeyId, KeyRecord};
+use crate::record::KeyRecord;
 use crate::store::memory::Entry;
 use crate::store::{StoreError, StoredKeyRef};
 use crate::usage::{Rejection, Subject};

@@ -10,12 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::ManagerError;
+use crate::key::KeyId;
 use crate::key::TmKey;
 use crate::limits::{KeyLimits, OwnerLocks};
 use crate::page::{KeyPage, Page, MAX_PAGE};
-use crate::record::{
-    validate_name, validate_owner, KeyId, KeyRecord, KeyStatus, KeyUpdate, NewKey,
-};
+use crate::record::{validate_name, validate_owner, KeyRecord, KeyStatus, KeyUpdate, NewKey};
 use crate::store::{KeyStore, StoreError, StoreUpdate};
 use crate::usage::{Dispatcher, Tracker, UsageConfig};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::KeyManager;
 use crate::error::ManagerError;
-use crate::record::KeyId;
+use crate::key::KeyId;
 use crate::store::StoreError;
 use crate::usage::{KeyUsage, NoRuntime, UsageSample, UsageTask};
 

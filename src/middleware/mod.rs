@@ -449,7 +449,8 @@ mod tests {
 
     use super::*;
     use crate::key::KeyHash;
-    use crate::record::{KeyId, KeyRecord, NewKey};
+    use crate::key::KeyId;
+    use crate::record::{KeyRecord, NewKey};
     use crate::store::{KeyStore, MemoryStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
 
     /// Fails every call: a request that gets a 401 from it was answered

@@ -37,7 +37,8 @@ use async_trait::async_trait;
 
 use super::{KeyStore, StoreError, StoreUpdate, StoredKey, StoredKeyRef, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord, UniformHasher};
+use crate::key::{KeyId, UniformHasher};
+use crate::record::KeyRecord;
 
 /// How a [`CachedStore`] is bounded.
 ///

@@ -36,9 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta};
+use crate::key::KeyId;
 use crate::key::{Environment, TmKey};
 use crate::rate_limit::RateLimit;
-use crate::record::{KeyId, KeyRecord};
+use crate::record::KeyRecord;
 
 /// One failed check.
 #[derive(Debug, Clone, PartialEq, Eq)]

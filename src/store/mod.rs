@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord, KeyStatus};
+use crate::key::KeyId;
+use crate::record::{KeyRecord, KeyStatus};
 
 pub mod cache;
 #[cfg(feature = "conformance")]

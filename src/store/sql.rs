@@ -12,9 +12,10 @@ use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::{Rejections, StoreError, StoreUpdate, UsageTotals};
+use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::rate_limit::RateLimit;
-use crate::record::{KeyId, KeyRecord};
+use crate::record::KeyRecord;
 
 pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::backend(err)

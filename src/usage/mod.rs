@@ -28,8 +28,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::key::KeyId;
 pub use crate::rate_limit::RateLimitStatus;
-use crate::record::KeyId;
 use crate::store::Rejections;
 
 mod minutes;

@@ -21,10 +21,11 @@ use ipnetwork::IpNetwork;
 
 use super::slab::SlabHandle;
 use crate::clock::{moved_by, nanos_between};
+use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::net::ip_allowed;
 use crate::rate_limit::RateLimit;
-use crate::record::{KeyId, KeyRecord};
+use crate::record::KeyRecord;
 use crate::store::counters::{Claim, Counters};
 use crate::store::StoreUpdate;
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::key::KeyHash;
-use crate::record::KeyId;
+use crate::key::KeyId;
 
 pub(super) const MIN_SLOTS: usize = 16;
 

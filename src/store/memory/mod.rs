@@ -14,7 +14,8 @@ mod slab;
 
 use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord};
+use crate::key::KeyId;
+use crate::record::KeyRecord;
 pub(crate) use entry::Entry;
 pub use entry::{StoredKey, StoredKeyRef};
 use index::{hash_slot, id_slot, Index, MIN_SLOTS};

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::PostgresStore;
 use crate::key::KeyHash;
-use crate::record::KeyId;
+use crate::key::KeyId;
 use crate::store::cache::{CacheConfig, CachedStore, Invalidator};
 use crate::store::sql::backend;
 use crate::store::StoreError;

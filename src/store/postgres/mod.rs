@@ -13,7 +13,8 @@ use super::sql::{
 };
 use super::{StoreError, StoreUpdate, UsageDelta, UsageTotals};
 use crate::key::KeyHash;
-use crate::record::{KeyId, KeyRecord};
+use crate::key::KeyId;
+use crate::record::KeyRecord;
 
 mod feed;
 

@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+mod id;
+
+pub(crate) use id::UniformHasher;
+pub use id::{InvalidKeyId, KeyId};
+
 /// Length of every key, in bytes (all ASCII).
 pub const KEY_LEN: usize = 40;
 /// Length of the `tm_live_`/`tm_test_` prefix.
