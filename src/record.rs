@@ -39,9 +39,9 @@ pub enum KeyStatus {
 // `repr(C)` keeps the fields every verification reads — hash, revocation,
 // expiry, allowlist, rate limit, id (for usage counting) — together at the
 // front, next to the `Arc` counts: 128 bytes, so a lookup in a large store
-// touches two cache lines where it can. The id used to sit after the
-// environment and the hint, 8 bytes further: that cost a third line often
-// enough to show as 20 % of a verification at 1M keys (BENCHMARKS.md).
+// touches two cache lines where it can. An id 8 bytes further on, after the
+// environment and the hint, costs a third line often enough to show as 20 %
+// of a verification at 1M keys (BENCHMARKS.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[repr(C)]
 pub struct KeyRecord {

@@ -124,8 +124,8 @@ impl UsageConfig {
     }
 }
 
-/// Told of unusual usage: the seed's advice is that unexpected spikes point
-/// to bugs, unauthorized use or a breach.
+/// Told of unusual usage: an unexpected spike, or a key used from a new
+/// address, can point to a bug, unauthorized use or a breach.
 ///
 /// ```
 /// use tm_auth::usage::{NewIp, Spike, UsageObserver};
