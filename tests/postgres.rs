@@ -577,14 +577,6 @@ async fn a_change_no_trigger_announces_is_refused_within_max_age() {
     assert_eq!(accepted_of(&two, created.key.expose_secret(), 50).await, 0);
 }
 
-#[test]
-fn the_default_max_age_bounds_unannounced_changes_to_30_seconds() {
-    assert_eq!(
-        tm_auth::store::cache::DEFAULT_MAX_AGE,
-        Duration::from_secs(30)
-    );
-}
-
 #[tokio::test]
 async fn a_store_over_the_callers_pool_migrates_when_asked_and_once() {
     let schema = format!("t_{}", tm_auth::KeyId::generate().as_u128());

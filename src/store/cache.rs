@@ -618,6 +618,14 @@ mod tests {
 
     /// A store that counts its lookups, can fail, and can run a hook in the
     /// middle of a lookup (to race an invalidation against a fill).
+    #[test]
+    fn a_default_cache_re_reads_a_key_within_30_seconds() {
+        // The README's bound on a change no notification announces.
+        let config = CacheConfig::new();
+        assert_eq!(config.max_age, Duration::from_secs(30));
+        assert_eq!(CacheConfig::default().max_age, DEFAULT_MAX_AGE);
+    }
+
     #[derive(Default)]
     struct Remote {
         inner: MemoryStore,
