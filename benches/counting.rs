@@ -33,7 +33,6 @@
 //! by more than the 10 % the target allows.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tm_auth::clock::ManualClock;
@@ -77,20 +76,19 @@ fn measure(label: &str, n: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let counting = KeyManager::new(MemoryStore::new());
-    let secrets = create_keys(&runtime, &counting, n);
-    let uncounted =
-        KeyManager::new(Arc::clone(counting.store())).with_usage(UsageConfig::disabled());
-    let (counting, uncounted) = if std::env::var("CLOCK").is_ok_and(|c| c == "system") {
-        (counting, uncounted)
-    } else {
+    let store = MemoryStore::new();
+    let (mut counting, mut uncounted) = (
+        KeyManager::builder(store.clone()),
+        KeyManager::builder(store).usage(UsageConfig::disabled()),
+    );
+    if !std::env::var("CLOCK").is_ok_and(|c| c == "system") {
         // 20 s into a minute: no burst files a finished minute.
         let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
-        (
-            counting.with_clock(clock.clone()),
-            uncounted.with_clock(clock),
-        )
-    };
+        counting = counting.clock(clock.clone());
+        uncounted = uncounted.clock(clock);
+    }
+    let (counting, uncounted) = (counting.build(), uncounted.build());
+    let secrets = create_keys(&runtime, &counting, n);
     let _guard = runtime.enter();
     // Every key once on each side: counters claimed, both paths warm.
     for secret in &secrets {

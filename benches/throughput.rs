@@ -144,9 +144,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(Still(
-        UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20),
-    ));
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(Still(
+            UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20),
+        ))
+        .build();
     let keys: Vec<[u8; 40]> = common::create_keys(&runtime, &manager, KEYS)
         .iter()
         .map(|secret| {
@@ -160,8 +162,9 @@ fn main() {
         .enumerate()
         .map(|(i, k)| (Sha256::digest(k).into(), i as u32))
         .collect();
-    let uncounted =
-        KeyManager::new(Arc::clone(manager.store())).with_usage(UsageConfig::disabled());
+    let uncounted = KeyManager::builder(Arc::clone(manager.store()))
+        .usage(UsageConfig::disabled())
+        .build();
     let shared = Arc::new(Shared {
         runtime_keys: keys,
         manager,

@@ -75,7 +75,9 @@ fn fixture(n: usize) -> Fixture {
         .unwrap();
     // 20 s into a minute.
     let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(29_000_000 * 60 + 20));
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
     let secrets = create_keys(&runtime, &manager, n);
     let floor = secrets
         .iter()
@@ -171,8 +173,9 @@ fn lookups(c: &mut Criterion) {
             });
         }
         // The same store, with usage counting off (it is on by default).
-        let uncounted =
-            KeyManager::new(Arc::clone(f.manager.store())).with_usage(UsageConfig::disabled());
+        let uncounted = KeyManager::builder(Arc::clone(f.manager.store()))
+            .usage(UsageConfig::disabled())
+            .build();
         let mut chain = Chain::new(&f.secrets);
         let mut feedback = 0;
         group.bench_function(BenchmarkId::new("verify_counting_off", label), |b| {
@@ -400,7 +403,6 @@ fn anatomy(c: &mut Criterion) {
         .filter_map(|s| TmKey::parse(s).ok())
         .map(|k| k.hash())
         .collect();
-    let store = Arc::clone(f.manager.store());
     let mut group = c.benchmark_group("anatomy/1m");
     // The floor with independent iterations (indices from a PRNG, the same
     // contiguous keys): nothing waits on a previous lookup, so the CPU may
@@ -426,18 +428,6 @@ fn anatomy(c: &mut Criterion) {
         b.iter(|| {
             let found = f.floor.get(chain.step(feedback).as_bytes()).copied();
             feedback = u64::from(found.unwrap_or(0));
-            black_box(found)
-        })
-    });
-    let mut chain = Chain::of(hashes.iter().copied());
-    let mut feedback = 0;
-    group.bench_function("store_lookup", |b| {
-        b.iter(|| {
-            let found = store
-                .find_stored_now(chain.step(feedback))
-                .and_then(Result::ok)
-                .flatten();
-            feedback = found.as_ref().map_or(0, |r| r.is_revoked() as u64);
             black_box(found)
         })
     });

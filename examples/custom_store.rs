@@ -1,7 +1,7 @@
-//! A user-written `KeyStore`: a wrapper that logs every call (never a key:
-//! a store only ever sees hashes) and counts lookups, then delegates to any
-//! other store. Used through `Arc<dyn KeyStore>`, as a database-backed
-//! store of your own would be.
+//! A user-written `KeyStore`: the six methods of a wrapper that logs every
+//! call (never a key: a store only ever sees hashes) and counts lookups,
+//! then delegates to any other store. Used through `Arc<dyn KeyStore>`, as a
+//! database-backed store of your own would be.
 //!
 //! ```text
 //! cargo run --example custom_store
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use tm_auth::store::{StoreUpdate, UsageDelta, UsageTotals};
+use tm_auth::store::{StoreUpdate, UsageStore};
 use tm_auth::{KeyHash, KeyId, KeyManager, KeyRecord, KeyStore, MemoryStore, NewKey, StoreError};
 
 /// Logs each call, then hands it to `inner`.
@@ -65,13 +65,10 @@ impl KeyStore for LoggingStore {
         self.inner.revoke(id, at).await
     }
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        println!("  [store] record_usage, {} keys", batch.len());
-        self.inner.record_usage(batch).await
-    }
-
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        self.inner.usage(id).await
+    // Optional: usage counts go where the inner store keeps them. Without
+    // this line the manager keeps them in memory for the process's life.
+    fn usage_store(&self) -> Option<&dyn UsageStore> {
+        self.inner.usage_store()
     }
 }
 
@@ -98,6 +95,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .unwrap_err();
     println!("  -> {}", err.code());
+    println!("usage (flushed to the inner store):");
+    manager.flush_usage().await?;
+    let usage = manager.usage(&created.record.id).await?;
+    println!("  -> {} request(s)", usage.requests);
     println!("revoke, then verify:");
     manager.revoke(&created.record.id).await?;
     let err = manager

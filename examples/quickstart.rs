@@ -194,7 +194,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("   this minute: {this_minute} requests");
 
     println!("\n10. A plan limit set by the provider: 2 requests per minute.");
-    let plan = RateLimit::new(2, Duration::from_secs(60));
+    let plan = RateLimit::new(2, Duration::from_secs(60))?;
     let limited = manager
         .create(NewKey::new("acct_42", "Zapier Integration").rate_limit(plan))
         .await?;

@@ -263,10 +263,9 @@ pub enum ManagerError {
         /// The limit asked for.
         given: usize,
     },
-    /// The rate limit cannot be used (zero requests, or a window outside
-    /// 1 second to 31 days).
+    /// A rate limit could not be made (see [`RateLimit::new`](crate::RateLimit::new)).
     #[error("invalid rate limit: {0}")]
-    InvalidRateLimit(&'static str),
+    InvalidRateLimit(#[from] crate::rate_limit::InvalidRateLimit),
     /// No key has this id.
     #[error("no key has this id")]
     NotFound,

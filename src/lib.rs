@@ -93,15 +93,18 @@ pub use key::{
     RandomnessError, TmKey, UnknownEnvironment, KEY_LEN,
 };
 pub use limits::{KeyLimits, DEFAULT_ACTIVE_KEYS_PER_OWNER, DEFAULT_ALLOWED_IPS_PER_KEY};
-pub use manager::{CreatedKey, KeyManager, DEFAULT_STORE_TIMEOUT};
+pub use manager::{CreatedKey, KeyManager, KeyManagerBuilder, DEFAULT_STORE_TIMEOUT};
 pub use middleware::{
     ApiKeyLayer, ApiKeyService, ClientIpHeader, InvalidRealm, PeerAddr, Realm, ResponseBody,
     ResponseFuture,
 };
 pub use page::{KeyPage, Page, MAX_PAGE};
-pub use rate_limit::{RateLimit, RateLimitStatus, RATE_LIMIT_WINDOWS};
+pub use rate_limit::{
+    InProcessRateLimiter, InvalidRateLimit, RateLimit, RateLimitStatus, RateLimiter,
+    RATE_LIMIT_WINDOWS,
+};
 pub use record::{KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_TEXT_LEN};
-pub use store::{KeyStore, MemoryStore, StoreError};
+pub use store::{KeyStore, MemoryStore, StoreError, UsageStore};
 pub use usage::{KeyUsage, UsageConfig, UsageObserver, UsageTask};
 pub use verify::{AuthenticatedKey, VerifyOptions};
 

@@ -29,8 +29,9 @@ pub const DEFAULT_ALLOWED_IPS_PER_KEY: usize = 64;
 /// ```
 /// use tm_auth::{KeyLimits, KeyManager, MemoryStore};
 ///
-/// let manager = KeyManager::new(MemoryStore::new())
-///     .with_limits(KeyLimits::new().active_keys_per_owner(500).allowed_ips_per_key(16));
+/// let manager = KeyManager::builder(MemoryStore::new())
+///     .limits(KeyLimits::new().active_keys_per_owner(500).allowed_ips_per_key(16))
+///     .build();
 /// assert_eq!(manager.limits().active_keys(), 500);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

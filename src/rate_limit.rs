@@ -7,30 +7,64 @@
 //! cache entry refilled after an eviction, a record from a store that must
 //! be waited on): so a limit is exact within one process for every store.
 
+use std::hash::BuildHasherDefault;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderValue};
 
+use crate::key::{KeyId, UniformHasher};
+
 /// A provider's per-key limit: at most [`requests`](RateLimit::requests) in
 /// each [`window`](RateLimit::window) (fixed windows aligned to the Unix
 /// epoch, e.g. every 5 minutes on the 5-minute marks).
 ///
+/// Valid by construction: at least one request per window, and a window
+/// within [`RATE_LIMIT_WINDOWS`] (1 second to 31 days). The common windows
+/// have constructors that cannot fail; [`RateLimit::new`] checks any other.
+///
 /// ```
+/// use std::num::NonZeroU32;
 /// use std::time::Duration;
-/// use tm_auth::{NewKey, RateLimit};
+/// use tm_auth::{InvalidRateLimit, NewKey, RateLimit};
 ///
 /// // TrueMail's plans count requests per 5 minutes.
-/// let new = NewKey::new("acct_42", "Production").rate_limit(RateLimit::new(1_000, Duration::from_secs(300)));
+/// let limit = RateLimit::new(1_000, Duration::from_secs(300))?;
+/// let new = NewKey::new("acct_42", "Production").rate_limit(limit);
 /// # let _ = new;
+///
+/// let hourly = RateLimit::per_hour(NonZeroU32::new(5_000).unwrap());
+/// assert_eq!(hourly.window(), Duration::from_secs(3600));
+///
+/// assert_eq!(RateLimit::new(0, Duration::from_secs(60)), Err(InvalidRateLimit::ZeroRequests));
+/// # Ok::<(), InvalidRateLimit>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(try_from = "RateLimitFields", into = "RateLimitFields")
+)]
 pub struct RateLimit {
-    requests: u32,
+    requests: NonZeroU32,
     // Non-zero so that `Option<RateLimit>` takes 8 bytes in every record.
     window_ms: NonZeroU32,
+}
+
+/// Why a [`RateLimit`] cannot be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRateLimit {
+    /// Zero requests per window: a key that may never be used.
+    #[error("a rate limit allows at least one request per window")]
+    ZeroRequests,
+    /// A window shorter than 1 second or longer than 31 days.
+    #[error("a rate-limit window is between 1 second and 31 days, not {given:?}")]
+    Window {
+        /// The window asked for.
+        given: Duration,
+    },
 }
 
 /// Shortest and longest rate-limit windows a key may have.
@@ -38,22 +72,55 @@ pub const RATE_LIMIT_WINDOWS: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(31 * 24 * 3600);
 
 impl RateLimit {
-    /// At most `requests` per `window`. The manager refuses (with
-    /// [`ManagerError::InvalidRateLimit`](crate::ManagerError::InvalidRateLimit))
-    /// zero requests and windows outside [`RATE_LIMIT_WINDOWS`].
-    pub fn new(requests: u32, window: Duration) -> RateLimit {
-        // A zero window becomes 1 ms, which `check` refuses like any window
-        // under a second.
-        let ms = u32::try_from(window.as_millis()).unwrap_or(u32::MAX);
+    /// At most `requests` per `window`; refused with [`InvalidRateLimit`]
+    /// for zero requests or a window outside [`RATE_LIMIT_WINDOWS`].
+    pub fn new(requests: u32, window: Duration) -> Result<RateLimit, InvalidRateLimit> {
+        let requests = NonZeroU32::new(requests).ok_or(InvalidRateLimit::ZeroRequests)?;
+        if !RATE_LIMIT_WINDOWS.contains(&window) {
+            return Err(InvalidRateLimit::Window { given: window });
+        }
+        // 31 days is 2 678 400 000 ms, under `u32::MAX`, and a second is
+        // 1 000 ms, over zero: both conversions hold for every window here.
+        let window_ms = u32::try_from(window.as_millis())
+            .ok()
+            .and_then(NonZeroU32::new)
+            .ok_or(InvalidRateLimit::Window { given: window })?;
+        Ok(RateLimit {
+            requests,
+            window_ms,
+        })
+    }
+
+    const fn per(requests: NonZeroU32, window_ms: NonZeroU32) -> RateLimit {
         RateLimit {
             requests,
-            window_ms: NonZeroU32::new(ms).unwrap_or(NonZeroU32::MIN),
+            window_ms,
         }
+    }
+
+    /// At most `requests` a second.
+    pub const fn per_second(requests: NonZeroU32) -> RateLimit {
+        RateLimit::per(requests, NonZeroU32::new(1_000).unwrap())
+    }
+
+    /// At most `requests` a minute.
+    pub const fn per_minute(requests: NonZeroU32) -> RateLimit {
+        RateLimit::per(requests, NonZeroU32::new(60_000).unwrap())
+    }
+
+    /// At most `requests` an hour.
+    pub const fn per_hour(requests: NonZeroU32) -> RateLimit {
+        RateLimit::per(requests, NonZeroU32::new(3_600_000).unwrap())
+    }
+
+    /// At most `requests` a day.
+    pub const fn per_day(requests: NonZeroU32) -> RateLimit {
+        RateLimit::per(requests, NonZeroU32::new(86_400_000).unwrap())
     }
 
     /// Requests allowed per window.
     pub fn requests(&self) -> u32 {
-        self.requests
+        self.requests.get()
     }
 
     /// The window's length.
@@ -68,26 +135,44 @@ impl RateLimit {
     /// The limit in one word, for a store that keeps it in an atomic: never
     /// zero (the window is at least 1 ms), so zero can mean "no limit".
     pub(crate) fn to_word(self) -> u64 {
-        (u64::from(self.requests) << 32) | u64::from(self.window_ms.get())
+        (u64::from(self.requests.get()) << 32) | u64::from(self.window_ms.get())
     }
 
     /// The limit [`to_word`](RateLimit::to_word) gave, or `None` for zero.
     pub(crate) fn from_word(word: u64) -> Option<RateLimit> {
         Some(RateLimit {
-            requests: (word >> 32) as u32,
+            requests: NonZeroU32::new((word >> 32) as u32)?,
             window_ms: NonZeroU32::new(word as u32)?,
         })
     }
+}
 
-    /// Why this limit cannot be used, if it cannot.
-    pub(crate) fn check(&self) -> Result<(), &'static str> {
-        if self.requests == 0 {
-            return Err("a rate limit allows at least one request per window");
+/// A [`RateLimit`] as serialised: `{"requests": 1000, "window_ms": 300000}`,
+/// checked like [`RateLimit::new`] when read.
+#[cfg(feature = "serde")]
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFields {
+    requests: u32,
+    window_ms: u64,
+}
+
+#[cfg(feature = "serde")]
+impl TryFrom<RateLimitFields> for RateLimit {
+    type Error = InvalidRateLimit;
+
+    fn try_from(fields: RateLimitFields) -> Result<RateLimit, InvalidRateLimit> {
+        RateLimit::new(fields.requests, Duration::from_millis(fields.window_ms))
+    }
+}
+
+#[cfg(feature = "serde")]
+impl From<RateLimit> for RateLimitFields {
+    fn from(limit: RateLimit) -> RateLimitFields {
+        RateLimitFields {
+            requests: limit.requests(),
+            window_ms: limit.window_ms(),
         }
-        if !RATE_LIMIT_WINDOWS.contains(&self.window()) {
-            return Err("a rate-limit window is between 1 second and 31 days");
-        }
-        Ok(())
     }
 }
 
@@ -123,13 +208,13 @@ pub(crate) fn set_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, r
 /// (window index, requests let in) of a key's current fixed window, in one
 /// word: a request is let in by one compare-and-swap.
 #[derive(Default)]
-pub(crate) struct Window(AtomicU64);
+struct Window(AtomicU64);
 
 impl Window {
     /// Lets a request at `now_ms` into the window or says how long to wait.
     /// Windows are aligned to the Unix epoch. A refused request does not use
     /// up quota.
-    pub(crate) fn take(&self, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
+    fn take(&self, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
         let window_ms = limit.window_ms().max(1);
         let index = now_ms / window_ms;
         let reset = Duration::from_millis((index + 1) * window_ms - now_ms);
@@ -159,6 +244,88 @@ impl Window {
     }
 }
 
+/// Decides whether a request of a rate-limited key is let in: the limiter
+/// a [`KeyManager`](crate::KeyManager) admits requests with.
+///
+/// [`InProcessRateLimiter`] is the default; a limiter shared by several
+/// servers implements this trait too and is set with
+/// [`KeyManagerBuilder::rate_limiter`](crate::KeyManagerBuilder::rate_limiter).
+/// `admit` runs on the request path after every other check has passed, so
+/// it must answer without waiting.
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Lets one request of key `id` in under `limit` at `now_ms`
+    /// (milliseconds since the Unix epoch by the manager's clock), answering
+    /// where the key now stands in its window; or refuses it, answering how
+    /// long until the window has room. A refused request uses no quota.
+    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration>;
+}
+
+impl<T: RateLimiter + ?Sized> RateLimiter for std::sync::Arc<T> {
+    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
+        (**self).admit(id, limit, now_ms)
+    }
+}
+
+/// Rate limits exact within one process, for every store: each key's
+/// window is kept by key id for the limiter's life, whatever path found the
+/// key (an in-memory entry, a cache refilled after an eviction, a record
+/// from a remote store). A request is let in by one compare-and-swap.
+///
+/// Servers that share a store each keep their own windows, so N servers
+/// together let in up to N times a key's limit.
+///
+/// ```
+/// use std::time::Duration;
+/// use tm_auth::{InProcessRateLimiter, KeyId, RateLimit, RateLimiter};
+///
+/// let limiter = InProcessRateLimiter::new();
+/// let limit = RateLimit::per_minute(std::num::NonZeroU32::new(2).unwrap());
+/// let id = KeyId::generate();
+/// assert!(limiter.admit(id, limit, 60_000).is_ok());
+/// assert!(limiter.admit(id, limit, 60_001).is_ok());
+/// assert_eq!(limiter.admit(id, limit, 60_002), Err(Duration::from_millis(59_998)));
+/// ```
+pub struct InProcessRateLimiter {
+    windows: papaya::HashMap<KeyId, Window, BuildHasherDefault<UniformHasher>>,
+}
+
+impl InProcessRateLimiter {
+    /// A limiter with no window yet.
+    pub fn new() -> InProcessRateLimiter {
+        InProcessRateLimiter {
+            windows: papaya::HashMap::builder()
+                .hasher(BuildHasherDefault::<UniformHasher>::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+        }
+    }
+}
+
+impl Default for InProcessRateLimiter {
+    fn default() -> InProcessRateLimiter {
+        InProcessRateLimiter::new()
+    }
+}
+
+impl std::fmt::Debug for InProcessRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessRateLimiter")
+            .field("keys", &self.windows.len())
+            .finish()
+    }
+}
+
+impl RateLimiter for InProcessRateLimiter {
+    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
+        let guard = self.windows.guard();
+        let window = match self.windows.get(&id, &guard) {
+            Some(window) => window,
+            None => self.windows.get_or_insert_with(id, Window::default, &guard),
+        };
+        window.take(limit, now_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +333,7 @@ mod tests {
     #[test]
     fn windows_are_exact_and_refusals_take_no_quota() {
         let window = Window::default();
-        let limit = RateLimit::new(3, Duration::from_secs(10));
+        let limit = RateLimit::new(3, Duration::from_secs(10)).unwrap();
         let start = 1_000_000_000u64; // on a 10 s boundary
         for remaining in [2, 1, 0] {
             assert_eq!(window.take(limit, start + 1).unwrap().remaining, remaining);
@@ -185,7 +352,7 @@ mod tests {
     #[test]
     fn concurrent_takes_admit_exactly_the_limit() {
         let window = std::sync::Arc::new(Window::default());
-        let limit = RateLimit::new(1_000, Duration::from_secs(60));
+        let limit = RateLimit::new(1_000, Duration::from_secs(60)).unwrap();
         let admitted: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {

@@ -15,8 +15,10 @@ use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::manager::KeyManager;
 use crate::rate_limit::{RateLimit, RateLimitStatus};
 use crate::record::KeyRecord;
+use crate::store::fast::Seal;
 use crate::store::memory::Entry;
-use crate::store::{StoreError, StoredKeyRef};
+use crate::store::memory::StoredKeyRef;
+use crate::store::StoreError;
 use crate::usage::{Rejection, Subject};
 
 /// What [`KeyManager::verify_with`] checks besides the key itself.
@@ -225,8 +227,8 @@ impl KeyManager {
     }
 
     /// [`verify_key`](KeyManager::verify_key) without waiting, when the store
-    /// can answer at once ([`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now) or
-    /// [`KeyStore::find_by_hash_now`](crate::KeyStore::find_by_hash_now)); `None` otherwise.
+    /// can answer from memory (a [`MemoryStore`](crate::MemoryStore), a warm
+    /// [`CachedStore`](crate::store::cache::CachedStore)); `None` otherwise.
     pub fn verify_key_now(
         &self,
         key: &TmKey,
@@ -253,15 +255,13 @@ impl KeyManager {
     }
 
     /// The store's answer if it has one without waiting: its in-memory
-    /// entry where it keeps them (read in place, usage counted in it), else
-    /// its record.
+    /// entry, read in place, with usage counted in it.
     fn find_now(&self, hash: &KeyHash) -> Option<Result<Option<Found>, StoreError>> {
-        let store = self.store();
-        if let Some(found) = store.find_stored_now(hash) {
-            return Some(found.map(|found| found.map(Found::Stored)));
-        }
-        let found = store.find_by_hash_now(hash)?;
-        Some(found.map(|found| found.map(Found::Record)))
+        let found = self
+            .store()
+            .fast_lookup(Seal::new())?
+            .find_stored_now(hash)?;
+        Some(found.map(|found| found.map(Found::Stored)))
     }
 
     pub(crate) fn verify_hash_now(
@@ -356,13 +356,14 @@ impl KeyManager {
             return refuse(Rejection::IpNotAllowed, err);
         }
         let rate_limit = match limit {
-            Some(limit) => match usage.take(subject, limit, now_ms) {
+            Some(limit) => match self.rate_limiter().admit(subject.id(), limit, now_ms) {
                 Ok(status) => Some(status),
                 Err(retry_after) => {
-                    return Err(AuthError::RateLimited {
+                    let err = AuthError::RateLimited {
                         retry_after,
                         limit: limit.requests(),
-                    })
+                    };
+                    return refuse(Rejection::RateLimited, err);
                 }
             },
             None => None,

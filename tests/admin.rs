@@ -519,8 +519,9 @@ async fn the_openapi_description_matches_the_router() {
         "an error without a hint sends the required fields"
     );
     // An error with a hint sends every field the schema declares.
-    let crowded = KeyManager::new(MemoryStore::new())
-        .with_limits(tm_auth::KeyLimits::new().active_keys_per_owner(0));
+    let crowded = KeyManager::builder(MemoryStore::new())
+        .limits(tm_auth::KeyLimits::new().active_keys_per_owner(0))
+        .build();
     let crowded = admin::router(crowded, |_: &http::request::Parts| Some("acct".to_owned()));
     let refused = call(
         &crowded,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use tm_auth::store::{conformance, StoreUpdate, UsageDelta, UsageTotals};
+use tm_auth::store::{
+    conformance, MemoryUsageStore, StoreUpdate, UsageDelta, UsageStore, UsageTotals,
+};
 use tm_auth::{KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, StoreError};
 
 #[tokio::test]
@@ -80,12 +82,6 @@ impl KeyStore for Careless {
             r
         }))
     }
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        self.0.record_usage(batch).await
-    }
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        self.0.usage(id).await
-    }
 }
 
 #[tokio::test]
@@ -109,4 +105,39 @@ async fn broken_rules_are_named() {
     assert!(failures
         .to_string()
         .contains("update_never_lengthens_expiry"));
+}
+
+#[tokio::test]
+async fn a_usage_store_of_its_own_conforms() {
+    let result = conformance::run_usage(|| async { MemoryUsageStore::new() }).await;
+    assert_eq!(result, Ok(()));
+}
+
+/// Keeps only the latest batch, and the first use rather than the latest.
+#[derive(Default)]
+struct Forgetful(std::sync::Mutex<std::collections::HashMap<KeyId, UsageTotals>>);
+
+#[async_trait]
+impl UsageStore for Forgetful {
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        let mut totals = self.0.lock().unwrap();
+        for delta in batch {
+            let mut fresh = UsageTotals::default();
+            fresh.add(delta);
+            totals.insert(delta.id, fresh);
+        }
+        Ok(())
+    }
+    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        Ok(self.0.lock().unwrap().get(id).cloned())
+    }
+}
+
+#[tokio::test]
+async fn a_usage_store_that_loses_counts_is_caught() {
+    let failures = conformance::run_usage(|| async { Forgetful::default() })
+        .await
+        .unwrap_err();
+    let failed: Vec<&str> = failures.0.iter().map(|f| f.check).collect();
+    assert_eq!(failed, ["usage_adds_up"], "{failures}");
 }

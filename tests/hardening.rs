@@ -236,9 +236,10 @@ async fn settle(told: &Told, new_ips: usize, full: usize) -> (usize, usize) {
 async fn new_addresses_past_the_known_set_are_told_once_a_minute_per_key() {
     let told = Arc::new(Told::default());
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
-    let manager = KeyManager::new(MemoryStore::new())
-        .with_clock(clock.clone())
-        .with_usage(UsageConfig::new().observer(Counting(Arc::clone(&told))));
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .usage(UsageConfig::new().observer(Counting(Arc::clone(&told))))
+        .build();
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
     let secret = created.key.expose_secret();
     let address = |n: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)));
@@ -353,7 +354,8 @@ async fn admitted_through_a_churning_cache(
     let manager = KeyManager::new(cached.clone());
     let limited = manager
         .create(
-            NewKey::new("acct", "Limited").rate_limit(RateLimit::new(5, Duration::from_secs(3600))),
+            NewKey::new("acct", "Limited")
+                .rate_limit(RateLimit::new(5, Duration::from_secs(3600)).unwrap()),
         )
         .await
         .unwrap();
@@ -435,7 +437,9 @@ fn networks(n: u32) -> Vec<IpNetwork> {
 async fn an_owner_holds_at_most_100_active_keys_and_revoked_or_expired_ones_do_not_count() {
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
     let store = MemoryStore::new();
-    let manager = KeyManager::new(store.clone()).with_clock(clock.clone());
+    let manager = KeyManager::builder(store.clone())
+        .clock(clock.clone())
+        .build();
     assert_eq!(manager.limits().active_keys(), 100);
     let mut ids = Vec::new();
     for i in 0..100 {
@@ -496,8 +500,9 @@ async fn an_owner_holds_at_most_100_active_keys_and_revoked_or_expired_ones_do_n
 #[tokio::test]
 async fn the_key_limit_holds_when_one_owner_creates_concurrently() {
     let store = MemoryStore::new();
-    let manager = KeyManager::new(store.clone())
-        .with_limits(tm_auth::KeyLimits::new().active_keys_per_owner(10));
+    let manager = KeyManager::builder(store.clone())
+        .limits(tm_auth::KeyLimits::new().active_keys_per_owner(10))
+        .build();
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let manager = manager.clone();
@@ -552,8 +557,9 @@ async fn an_allowlist_holds_at_most_64_networks_unless_configured() {
             .await,
         Err(ManagerError::InvalidAllowlist { limit: 64, .. })
     ));
-    let wider = KeyManager::new(MemoryStore::new())
-        .with_limits(tm_auth::KeyLimits::new().allowed_ips_per_key(256));
+    let wider = KeyManager::builder(MemoryStore::new())
+        .limits(tm_auth::KeyLimits::new().allowed_ips_per_key(256))
+        .build();
     assert!(wider
         .create(NewKey::new("acct", "Office").allowed_ips(networks(256)))
         .await
@@ -712,6 +718,13 @@ impl tm_auth::KeyStore for UsageReads {
     ) -> Result<Option<tm_auth::KeyRecord>, tm_auth::StoreError> {
         self.inner.revoke(id, at).await
     }
+    fn usage_store(&self) -> Option<&dyn tm_auth::UsageStore> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl tm_auth::UsageStore for UsageReads {
     async fn record_usage(
         &self,
         batch: &[tm_auth::store::UsageDelta],

@@ -240,7 +240,9 @@ async fn the_example_router_over_tcp() {
 #[tokio::test]
 async fn expired_keys() {
     let clock = ManualClock::new(SystemTime::now());
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
     let rotated = manager
         .rotate(&created.record.id, Duration::from_secs(60))

@@ -68,7 +68,9 @@ async fn no_key_appears_in_logs_or_debug_output() {
 
     let clock = ManualClock::new(SystemTime::now());
     let store = FaultyStore::new();
-    let manager = KeyManager::new(store.clone()).with_clock(clock.clone());
+    let manager = KeyManager::builder(store.clone())
+        .clock(clock.clone())
+        .build();
     let layer = ApiKeyLayer::new(manager.clone()).trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
     let live_only = ApiKeyLayer::new(manager.clone()).require_environment(Environment::Live);
 
@@ -229,14 +231,10 @@ async fn cache_admin_and_client_types_show_no_key() {
         .verify(created.key.expose_secret(), None)
         .await
         .unwrap();
-    // The shared entry verification reads, used and linked by now.
-    use tm_auth::KeyStore as _;
-    let entry = cached.find_stored_now(&created.key.hash());
-    assert!(
-        matches!(entry, Some(Ok(Some(_)))),
-        "the cache holds the key"
-    );
-    shown.push(format!("{entry:?}"));
+    // The entry verification reads, used by now, and the record it holds.
+    assert_eq!(cached.cached_keys(), 1, "the cache holds the key");
+    let record = manager.get(&created.record.id).await.unwrap();
+    shown.push(format!("{record:?}"));
     store.set(Op::Update, Fault::Fail);
     shown.push(format!(
         "{:?}",

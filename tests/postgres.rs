@@ -152,10 +152,7 @@ async fn warm(two: &KeyManager, cache: &CachedStore<PostgresStore>, created: &tm
         two.verify(created.key.expose_secret(), client())
             .await
             .unwrap();
-        if matches!(
-            cache.find_by_hash_now(&created.record.hash),
-            Some(Ok(Some(_)))
-        ) {
+        if matches!(cache.cached(&created.record.hash), Some(Some(_))) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -279,7 +276,7 @@ async fn a_key_inserted_elsewhere_clears_the_unknown_entry() {
         .unwrap_err();
     assert_eq!(err.code(), "invalid_api_key");
     assert!(
-        matches!(cache.find_by_hash_now(&created.record.hash), Some(Ok(None))),
+        matches!(cache.cached(&created.record.hash), Some(None)),
         "the unknown key is remembered"
     );
     one.store().insert(created.record.clone()).await.unwrap();
@@ -443,7 +440,9 @@ async fn a_database_that_goes_away_fails_closed_and_recovers_when_back() {
         .cached(CacheConfig::new().max_staleness(Duration::from_millis(900)))
         .await
         .unwrap();
-    let two = KeyManager::new(cache.clone()).with_store_timeout(Duration::from_secs(2));
+    let two = KeyManager::builder(cache.clone())
+        .store_timeout(Duration::from_secs(2))
+        .build();
     let created = one.create(NewKey::new("acct", "Main")).await.unwrap();
     warm(&two, &cache, &created).await;
 

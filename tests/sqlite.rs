@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tm_auth::store::conformance;
 use tm_auth::store::sqlite::SqliteStore;
-use tm_auth::{KeyManager, KeyStore, KeyUpdate, NewKey};
+use tm_auth::{KeyManager, KeyUpdate, NewKey, UsageStore};
 
 /// A database file that is removed (with its WAL files) when dropped.
 struct TempDb(PathBuf);

@@ -13,10 +13,10 @@ use http_body_util::Full;
 use support::{Fault, FaultyStore, Op};
 use tm_auth::clock::ManualClock;
 use tm_auth::usage::{NewIp, Spike, UsageObserver};
-use tm_auth::KeyStore as _;
+use tm_auth::UsageStore as _;
 use tm_auth::{
-    ApiKeyLayer, Environment, KeyManager, KeyUpdate, ManagerError, MemoryStore, NewKey, PeerAddr,
-    RateLimit, UsageConfig, VerifyOptions,
+    ApiKeyLayer, Environment, InvalidRateLimit, KeyManager, KeyUpdate, ManagerError, MemoryStore,
+    NewKey, PeerAddr, RateLimit, UsageConfig, VerifyOptions,
 };
 use tower::{Layer, ServiceExt};
 
@@ -65,7 +65,7 @@ async fn counts_are_exact_under_concurrency_before_and_after_flush() {
     );
     // The store holds them now.
     let stored = manager
-        .store()
+        .usage_store()
         .usage(&created.record.id)
         .await
         .unwrap()
@@ -77,7 +77,9 @@ async fn counts_are_exact_under_concurrency_before_and_after_flush() {
 #[tokio::test]
 async fn rejections_are_counted_by_reason() {
     let clock = ManualClock::new(start());
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
     let office = manager
         .create(NewKey::new("acct", "Office").allowed_ips(["203.0.113.0/24".parse().unwrap()]))
         .await
@@ -264,9 +266,10 @@ fn drain(events: &mpsc::Receiver<String>, expected: usize) -> Vec<String> {
 async fn spikes_are_told_once_and_only_above_the_floor() {
     let clock = ManualClock::new(start());
     let (config, events) = observed(UsageConfig::new().spike(5.0, 10, Duration::from_secs(3600)));
-    let manager = KeyManager::new(MemoryStore::new())
-        .with_clock(clock.clone())
-        .with_usage(config);
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .usage(config)
+        .build();
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
     let secret = created.key.expose_secret();
     let verify = |n: usize| {
@@ -300,7 +303,9 @@ async fn spikes_are_told_once_and_only_above_the_floor() {
 #[tokio::test]
 async fn new_addresses_are_told_once_each() {
     let (config, events) = observed(UsageConfig::new());
-    let manager = KeyManager::new(MemoryStore::new()).with_usage(config);
+    let manager = KeyManager::builder(MemoryStore::new())
+        .usage(config)
+        .build();
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
     let secret = created.key.expose_secret();
     for client in [
@@ -327,9 +332,14 @@ async fn new_addresses_are_told_once_each() {
 
 #[tokio::test]
 async fn disabled_usage_counts_nothing_but_still_limits() {
-    let manager = KeyManager::new(MemoryStore::new()).with_usage(UsageConfig::disabled());
+    let manager = KeyManager::builder(MemoryStore::new())
+        .usage(UsageConfig::disabled())
+        .build();
     let created = manager
-        .create(NewKey::new("acct", "Main").rate_limit(RateLimit::new(2, Duration::from_secs(60))))
+        .create(
+            NewKey::new("acct", "Main")
+                .rate_limit(RateLimit::new(2, Duration::from_secs(60)).unwrap()),
+        )
         .await
         .unwrap();
     let secret = created.key.expose_secret();
@@ -365,9 +375,14 @@ async fn call(
 async fn rate_limits_let_exactly_the_limit_through_per_window() {
     // 20 s into a 5-minute window.
     let clock = ManualClock::new(start() + Duration::from_secs(20));
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
     let limited = manager
-        .create(NewKey::new("acct", "Plan").rate_limit(RateLimit::new(3, Duration::from_secs(300))))
+        .create(
+            NewKey::new("acct", "Plan")
+                .rate_limit(RateLimit::new(3, Duration::from_secs(300)).unwrap()),
+        )
         .await
         .unwrap();
     let layer = ApiKeyLayer::new(manager.clone());
@@ -412,11 +427,13 @@ async fn rate_limits_let_exactly_the_limit_through_per_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limits_are_exact_under_concurrency() {
     // A stopped clock: the window cannot roll over during the test.
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(ManualClock::new(start()));
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(ManualClock::new(start()))
+        .build();
     let created = manager
         .create(
             NewKey::new("acct", "Plan")
-                .rate_limit(RateLimit::new(1_000, Duration::from_secs(3600))),
+                .rate_limit(RateLimit::new(1_000, Duration::from_secs(3600)).unwrap()),
         )
         .await
         .unwrap();
@@ -450,21 +467,34 @@ async fn rate_limits_are_exact_under_concurrency() {
 #[tokio::test]
 async fn rate_limits_are_checked_and_editable() {
     let manager = KeyManager::new(MemoryStore::new());
-    for bad in [
+    // A limit that could never be used cannot be made.
+    assert_eq!(
         RateLimit::new(0, Duration::from_secs(60)),
-        RateLimit::new(10, Duration::from_millis(500)),
-        RateLimit::new(10, Duration::from_secs(32 * 24 * 3600)),
-        RateLimit::new(10, Duration::ZERO),
+        Err(InvalidRateLimit::ZeroRequests)
+    );
+    for window in [
+        Duration::from_millis(500),
+        Duration::from_secs(32 * 24 * 3600),
+        Duration::ZERO,
+        Duration::MAX,
     ] {
-        assert!(matches!(
-            manager
-                .create(NewKey::new("acct", "Main").rate_limit(bad))
-                .await,
-            Err(ManagerError::InvalidRateLimit(_))
-        ));
+        assert_eq!(
+            RateLimit::new(10, window),
+            Err(InvalidRateLimit::Window { given: window })
+        );
     }
+    // The bounds themselves are valid.
+    for window in [Duration::from_secs(1), Duration::from_secs(31 * 24 * 3600)] {
+        assert_eq!(RateLimit::new(1, window).unwrap().window(), window);
+    }
+    // `?` turns the error into a `ManagerError`.
+    let err = ManagerError::from(RateLimit::new(0, Duration::from_secs(1)).unwrap_err());
+    assert!(matches!(
+        err,
+        ManagerError::InvalidRateLimit(InvalidRateLimit::ZeroRequests)
+    ));
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
-    let limit = RateLimit::new(1, Duration::from_secs(60));
+    let limit = RateLimit::new(1, Duration::from_secs(60)).unwrap();
     let edited = manager
         .update(&created.record.id, KeyUpdate::new().rate_limit(Some(limit)))
         .await
@@ -520,11 +550,13 @@ async fn snapshots_list_every_used_key() {
 async fn counts_and_limits_stay_exact_while_the_key_is_edited() {
     // Every edit makes a new version of the stored record; the counters and
     // the rate-limit window must be the same ones across versions.
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(ManualClock::new(start()));
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(ManualClock::new(start()))
+        .build();
     let created = manager
         .create(
             NewKey::new("acct", "Plan")
-                .rate_limit(RateLimit::new(3_000, Duration::from_secs(3600))),
+                .rate_limit(RateLimit::new(3_000, Duration::from_secs(3600)).unwrap()),
         )
         .await
         .unwrap();
@@ -600,7 +632,9 @@ async fn a_manager_that_goes_away_hands_its_keys_counters_to_the_next() {
     drop(first);
     // The next manager (say, one rebuilt with `with_usage`) counts in the
     // key's entry again, from zero: nothing of the first is counted twice.
-    let next = KeyManager::new(store.clone()).with_usage(UsageConfig::new());
+    let next = KeyManager::builder(store.clone())
+        .usage(UsageConfig::new())
+        .build();
     for _ in 0..2 {
         next.verify(key.expose_secret(), None).await.unwrap();
     }
@@ -617,7 +651,9 @@ async fn a_manager_that_goes_away_hands_its_keys_counters_to_the_next() {
 #[tokio::test]
 async fn the_history_lists_each_minute_oldest_first_across_flushes() {
     let clock = ManualClock::new(start());
-    let manager = KeyManager::new(MemoryStore::new()).with_clock(clock.clone());
+    let manager = KeyManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
     let (id, secret) = (created.record.id, created.key.expose_secret());
     // 2 requests in the first minute, none in the second, 3 in the third,
@@ -640,4 +676,24 @@ async fn the_history_lists_each_minute_oldest_first_across_flushes() {
         start() + Duration::from_secs(120)
     );
     assert_eq!(history.iter().map(|m| m.requests).sum::<u64>(), 5);
+}
+
+#[test]
+fn a_rate_limit_read_from_json_is_checked_like_a_new_one() {
+    let limit: RateLimit = serde_json::from_str(r#"{"requests":1000,"window_ms":300000}"#).unwrap();
+    assert_eq!(
+        limit,
+        RateLimit::new(1_000, Duration::from_secs(300)).unwrap()
+    );
+    assert_eq!(
+        serde_json::to_value(limit).unwrap(),
+        serde_json::json!({"requests": 1000, "window_ms": 300000})
+    );
+    for bad in [
+        r#"{"requests":0,"window_ms":300000}"#,
+        r#"{"requests":10,"window_ms":999}"#,
+        r#"{"requests":10,"window_ms":300000,"burst":5}"#,
+    ] {
+        assert!(serde_json::from_str::<RateLimit>(bad).is_err(), "{bad}");
+    }
 }

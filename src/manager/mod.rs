@@ -14,8 +14,10 @@ use crate::key::KeyId;
 use crate::key::TmKey;
 use crate::limits::{KeyLimits, OwnerLocks};
 use crate::page::{KeyPage, Page, MAX_PAGE};
+use crate::rate_limit::{InProcessRateLimiter, RateLimiter};
 use crate::record::{validate_name, validate_owner, KeyRecord, KeyStatus, KeyUpdate, NewKey};
-use crate::store::{KeyStore, StoreError, StoreUpdate};
+use crate::store::usage::KeyStoreUsage;
+use crate::store::{KeyStore, MemoryUsageStore, StoreError, StoreUpdate, UsageStore};
 use crate::usage::{Dispatcher, Tracker, UsageConfig};
 
 mod usage;
@@ -63,10 +65,12 @@ pub struct KeyManager {
 
 struct Inner {
     store: Arc<dyn KeyStore>,
+    usage_store: Arc<dyn UsageStore>,
     clock: Arc<dyn Clock>,
     store_timeout: Duration,
     usage: Arc<Tracker>,
     limits: KeyLimits,
+    rate_limiter: Arc<dyn RateLimiter>,
     /// Shared by every manager built from this one, so their creations for
     /// one owner are serialised together.
     owner_locks: Arc<OwnerLocks>,
@@ -85,30 +89,164 @@ impl fmt::Debug for KeyManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyManager")
             .field("store_timeout", &self.inner.store_timeout)
+            .field("limits", &self.inner.limits)
             .finish_non_exhaustive()
     }
 }
 
-impl KeyManager {
-    /// A manager over `store`, with the system clock.
-    pub fn new(store: impl KeyStore) -> KeyManager {
-        // A store given as `Arc<dyn KeyStore>` is shared as it is, not
-        // wrapped once more (which would cost every call a second dynamic
-        // dispatch and pointer hop).
-        let any: &dyn std::any::Any = &store;
-        let store: Arc<dyn KeyStore> = match any.downcast_ref::<Arc<dyn KeyStore>>() {
-            Some(shared) => Arc::clone(shared),
-            None => Arc::new(store),
+/// Sets up a [`KeyManager`] once: its usage monitoring, clock, limits, rate
+/// limiter and store timeout. Made by [`KeyManager::builder`]; every setting
+/// has a default, so `KeyManager::builder(store).build()` is
+/// [`KeyManager::new(store)`](KeyManager::new).
+///
+/// ```
+/// use std::time::Duration;
+/// use tm_auth::usage::UsageConfig;
+/// use tm_auth::{KeyLimits, KeyManager, MemoryStore};
+///
+/// let manager = KeyManager::builder(MemoryStore::new())
+///     .usage(UsageConfig::new().history(Duration::from_secs(3600)))
+///     .limits(KeyLimits::new().active_keys_per_owner(20))
+///     .store_timeout(Duration::from_millis(500))
+///     .build();
+/// assert_eq!(manager.limits().active_keys(), 20);
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct KeyManagerBuilder {
+    store: Arc<dyn KeyStore>,
+    usage: UsageConfig,
+    usage_store: Option<Arc<dyn UsageStore>>,
+    clock: Arc<dyn Clock>,
+    store_timeout: Duration,
+    limits: KeyLimits,
+    rate_limiter: Option<Arc<dyn RateLimiter>>,
+}
+
+impl fmt::Debug for KeyManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManagerBuilder")
+            .field("usage", &self.usage)
+            .field("store_timeout", &self.store_timeout)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyManagerBuilder {
+    /// Monitors usage as `config` says (counting is on by default; see
+    /// [`UsageConfig`]). With an observer, a thread named
+    /// `tm-auth-usage-observer` delivers its events, so a slow observer
+    /// never slows requests.
+    pub fn usage(mut self, config: UsageConfig) -> KeyManagerBuilder {
+        self.usage = config;
+        self
+    }
+
+    /// Keeps usage counts in `store` rather than in the key store's own
+    /// ([`KeyStore::usage_store`]), or rather than in a
+    /// [`MemoryUsageStore`] when the key store keeps none.
+    pub fn usage_store(mut self, store: impl UsageStore) -> KeyManagerBuilder {
+        self.usage_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses `clock` to decide expiry, stamp creation, revocation and
+    /// rotation times, and count usage and rate limits.
+    pub fn clock(mut self, clock: impl Clock) -> KeyManagerBuilder {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Bounds every store call by `timeout` ([`DEFAULT_STORE_TIMEOUT`]
+    /// unless set); a call that takes longer fails with
+    /// [`StoreError::Timeout`] (503 on the request path).
+    pub fn store_timeout(mut self, timeout: Duration) -> KeyManagerBuilder {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Limits what one owner may hold (see [`KeyLimits`]; by default 100
+    /// active keys per owner and 64 networks per allowlist).
+    pub fn limits(mut self, limits: KeyLimits) -> KeyManagerBuilder {
+        self.limits = limits;
+        self
+    }
+
+    /// Decides keys' rate limits with `limiter` rather than with an
+    /// [`InProcessRateLimiter`] of the manager's own.
+    pub fn rate_limiter(mut self, limiter: impl RateLimiter) -> KeyManagerBuilder {
+        self.rate_limiter = Some(Arc::new(limiter));
+        self
+    }
+
+    /// The manager.
+    pub fn build(self) -> KeyManager {
+        let tracker = Tracker::new(self.usage);
+        spawn_observer(&tracker);
+        let usage_store: Arc<dyn UsageStore> = match self.usage_store {
+            Some(store) => store,
+            None if self.store.usage_store().is_some() => {
+                Arc::new(KeyStoreUsage(Arc::clone(&self.store)))
+            }
+            None => Arc::new(MemoryUsageStore::new()),
         };
         KeyManager {
             inner: Arc::new(Inner {
-                store,
-                clock: Arc::new(SystemClock),
-                store_timeout: DEFAULT_STORE_TIMEOUT,
-                usage: Arc::new(Tracker::new(UsageConfig::default())),
-                limits: KeyLimits::default(),
+                store: self.store,
+                usage_store,
+                clock: self.clock,
+                store_timeout: self.store_timeout,
+                usage: Arc::new(tracker),
+                limits: self.limits,
+                rate_limiter: self
+                    .rate_limiter
+                    .unwrap_or_else(|| Arc::new(InProcessRateLimiter::new())),
                 owner_locks: Arc::new(OwnerLocks::new()),
             }),
+        }
+    }
+}
+
+/// Starts the thread that hands the tracker's events to its observer, if it
+/// has one.
+fn spawn_observer(tracker: &Tracker) {
+    let (Some(observer), Some(mut events)) =
+        (tracker.config().observer.clone(), tracker.take_receiver())
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("tm-auth-usage-observer".into())
+        .spawn(move || {
+            let mut dispatcher = Dispatcher::new(observer);
+            // Ends when the manager, and so the sender, is dropped.
+            while let Some(event) = events.blocking_recv() {
+                dispatcher.deliver(event);
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "could not start the usage observer thread; its events are dropped");
+    }
+}
+
+impl KeyManager {
+    /// A manager over `store` with every default: the system clock, usage
+    /// counting on, [`KeyLimits::default`], an in-process rate limiter. The
+    /// same as `KeyManager::builder(store).build()`.
+    pub fn new(store: impl KeyStore) -> KeyManager {
+        KeyManager::builder(store).build()
+    }
+
+    /// Sets up a manager over `store`; see [`KeyManagerBuilder`].
+    pub fn builder(store: impl KeyStore) -> KeyManagerBuilder {
+        KeyManagerBuilder {
+            store: Arc::new(store),
+            usage: UsageConfig::default(),
+            usage_store: None,
+            clock: Arc::new(SystemClock),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            limits: KeyLimits::default(),
+            rate_limiter: None,
         }
     }
 
@@ -116,10 +254,12 @@ impl KeyManager {
     fn rebuilt(&self, change: impl FnOnce(&mut Inner)) -> KeyManager {
         let mut inner = Inner {
             store: Arc::clone(&self.inner.store),
+            usage_store: Arc::clone(&self.inner.usage_store),
             clock: Arc::clone(&self.inner.clock),
             store_timeout: self.inner.store_timeout,
             usage: Arc::clone(&self.inner.usage),
             limits: self.inner.limits,
+            rate_limiter: Arc::clone(&self.inner.rate_limiter),
             owner_locks: Arc::clone(&self.inner.owner_locks),
         };
         change(&mut inner);
@@ -128,50 +268,41 @@ impl KeyManager {
         }
     }
 
-    /// Monitors usage as `config` says (counting is on by default; see
-    /// [`UsageConfig`]). Counts kept so far by this manager start afresh.
-    /// Configure usage before the manager verifies keys: while the old
-    /// manager is alive, the in-memory entries of keys it counted keep
-    /// counting for it, and the new manager counts those keys in a map of
-    /// its own (correct, one lookup slower; see
-    /// [`StoredKey`](crate::store::StoredKey)).
-    /// With an observer, a thread named `tm-auth-usage-observer` delivers its
-    /// events, so a slow observer never slows requests.
+    /// A manager like this one whose usage is monitored as `config` says,
+    /// with counts starting afresh.
+    #[deprecated(
+        since = "0.2.0",
+        note = "set usage once with `KeyManager::builder(store).usage(config).build()`: this copy starts its counts afresh"
+    )]
     pub fn with_usage(self, config: UsageConfig) -> KeyManager {
         let tracker = Tracker::new(config);
-        if let (Some(observer), Some(mut events)) =
-            (tracker.config().observer.clone(), tracker.take_receiver())
-        {
-            let spawned = std::thread::Builder::new()
-                .name("tm-auth-usage-observer".into())
-                .spawn(move || {
-                    let mut dispatcher = Dispatcher::new(observer);
-                    // Ends when the manager, and so the sender, is dropped.
-                    while let Some(event) = events.blocking_recv() {
-                        dispatcher.deliver(event);
-                    }
-                });
-            if let Err(err) = spawned {
-                tracing::error!(error = %err, "could not start the usage observer thread; its events are dropped");
-            }
-        }
+        spawn_observer(&tracker);
         self.rebuilt(|inner| inner.usage = Arc::new(tracker))
     }
 
-    /// Uses `clock` to decide expiry and to stamp creation, revocation and
-    /// rotation times.
+    /// A manager like this one with `clock`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `KeyManager::builder(store).clock(clock)`"
+    )]
     pub fn with_clock(self, clock: impl Clock) -> KeyManager {
         self.rebuilt(|inner| inner.clock = Arc::new(clock))
     }
 
-    /// Bounds every store call by `timeout`; a call that takes longer fails
-    /// with [`StoreError::Timeout`] (503 on the request path).
+    /// A manager like this one with a store timeout of `timeout`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `KeyManager::builder(store).store_timeout(timeout)`"
+    )]
     pub fn with_store_timeout(self, timeout: Duration) -> KeyManager {
         self.rebuilt(|inner| inner.store_timeout = timeout)
     }
 
-    /// Limits what one owner may hold (see [`KeyLimits`]; by default 100
-    /// active keys per owner and 64 networks per allowlist).
+    /// A manager like this one with `limits`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `KeyManager::builder(store).limits(limits)`"
+    )]
     pub fn with_limits(self, limits: KeyLimits) -> KeyManager {
         self.rebuilt(|inner| inner.limits = limits)
     }
@@ -184,6 +315,17 @@ impl KeyManager {
     /// The store this manager works on.
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.inner.store
+    }
+
+    /// Where this manager keeps usage counts: the one it was built with, the
+    /// key store's own, or a [`MemoryUsageStore`] of its own.
+    pub fn usage_store(&self) -> &dyn UsageStore {
+        &*self.inner.usage_store
+    }
+
+    /// The rate limiter this manager admits requests of limited keys with.
+    pub(crate) fn rate_limiter(&self) -> &dyn RateLimiter {
+        &*self.inner.rate_limiter
     }
 
     /// The manager's current time.
@@ -244,9 +386,6 @@ impl KeyManager {
         validate_owner(&new.owner).map_err(ManagerError::InvalidOwner)?;
         let name = validate_name(&new.name).map_err(ManagerError::InvalidName)?;
         self.check_allowlist(new.allowed_ips.len())?;
-        if let Some(limit) = &new.rate_limit {
-            limit.check().map_err(ManagerError::InvalidRateLimit)?;
-        }
         // The count and the insert that follows it run alone for this owner.
         let _owner = self.inner.owner_locks.lock(&new.owner).await;
         let limit = self.inner.limits.active_keys();
@@ -348,9 +487,6 @@ impl KeyManager {
         };
         if let Some(allowed) = &update.allowed_ips {
             self.check_allowlist(allowed.len())?;
-        }
-        if let Some(Some(limit)) = &update.rate_limit {
-            limit.check().map_err(ManagerError::InvalidRateLimit)?;
         }
         let change = StoreUpdate {
             name,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::KeyManager;
 use crate::error::ManagerError;
 use crate::key::KeyId;
-use crate::store::StoreError;
+use crate::store::{StoreError, UsageTotals};
 use crate::usage::{KeyUsage, NoRuntime, UsageSample, UsageTask};
 
 impl KeyManager {
@@ -18,10 +18,10 @@ impl KeyManager {
         let usage = &self.inner.usage;
         // Read against a consistent store: no flush moves counts meanwhile.
         let _flushing = usage.flush_lock.lock().await;
-        let totals = self
-            .bounded(None, self.inner.store.usage(id))
-            .await?
-            .ok_or(ManagerError::NotFound)?;
+        let totals = match self.bounded(None, self.usage_store().usage(id)).await? {
+            Some(totals) => totals,
+            None => self.unused(id).await?.ok_or(ManagerError::NotFound)?,
+        };
         Ok(usage.usage(*id, totals, self.now()))
     }
 
@@ -31,8 +31,8 @@ impl KeyManager {
     pub async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<KeyUsage>>, ManagerError> {
         let usage = &self.inner.usage;
         let _flushing = usage.flush_lock.lock().await;
-        let totals = self
-            .bounded(None, self.inner.store.usage_batch(ids))
+        let mut totals = self
+            .bounded(None, self.usage_store().usage_batch(ids))
             .await?;
         if totals.len() != ids.len() {
             return Err(ManagerError::Store(StoreError::backend(format!(
@@ -40,6 +40,11 @@ impl KeyManager {
                 totals.len(),
                 ids.len()
             ))));
+        }
+        for (id, totals) in ids.iter().zip(totals.iter_mut()) {
+            if totals.is_none() {
+                *totals = self.unused(id).await?;
+            }
         }
         let now = self.now();
         Ok(ids
@@ -57,12 +62,19 @@ impl KeyManager {
         let _flushing = usage.flush_lock.lock().await;
         let mut written = 0;
         for batch in usage.pending() {
-            self.bounded(None, self.inner.store.record_usage(&batch.deltas))
+            self.bounded(None, self.usage_store().record_usage(&batch.deltas))
                 .await?;
             batch.mark_sent(usage);
             written += batch.deltas.len();
         }
         Ok(written)
+    }
+
+    /// The totals of a key nothing was recorded for: empty if the key
+    /// exists (a usage store need not know every key), `None` if not.
+    async fn unused(&self, id: &KeyId) -> Result<Option<UsageTotals>, ManagerError> {
+        let exists = self.bounded(None, self.store().get(id)).await?.is_some();
+        Ok(exists.then(UsageTotals::default))
     }
 
     /// Every used key's counters as this process counted them since it

@@ -451,7 +451,7 @@ mod tests {
     use crate::key::KeyHash;
     use crate::key::KeyId;
     use crate::record::{KeyRecord, NewKey};
-    use crate::store::{KeyStore, MemoryStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+    use crate::store::{KeyStore, MemoryStore, StoreError, StoreUpdate};
 
     /// Fails every call: a request that gets a 401 from it was answered
     /// without asking the store.
@@ -487,12 +487,6 @@ mod tests {
             _: &KeyId,
             _: std::time::SystemTime,
         ) -> Result<Option<KeyRecord>, StoreError> {
-            unreachable()
-        }
-        async fn record_usage(&self, _: &[UsageDelta]) -> Result<(), StoreError> {
-            unreachable()
-        }
-        async fn usage(&self, _: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
             unreachable()
         }
     }

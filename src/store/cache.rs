@@ -35,7 +35,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{KeyStore, StoreError, StoreUpdate, StoredKey, StoredKeyRef, UsageDelta, UsageTotals};
+use super::fast::{FastLookup, Seal};
+use super::memory::{StoredKey, StoredKeyRef};
+use super::{KeyStore, StoreError, StoreUpdate, UsageStore};
 use crate::key::KeyHash;
 use crate::key::{KeyId, UniformHasher};
 use crate::record::KeyRecord;
@@ -434,6 +436,17 @@ impl<S: KeyStore> CachedStore<S> {
     pub fn cached_unknown(&self) -> usize {
         self.state.negative.len()
     }
+
+    /// What the cache would answer for `hash` right now without asking the
+    /// store behind it: `Some(Some(record))` for a cached key,
+    /// `Some(None)` for a hash cached as unknown, `None` when the store
+    /// would be asked (not cached, stale, expired, or the cache is not
+    /// trusted).
+    pub fn cached(&self, hash: &KeyHash) -> Option<Option<KeyRecord>> {
+        self.state
+            .lookup(hash)
+            .map(|answer| answer.map(|stored| stored.record()))
+    }
 }
 
 /// Keeps a [`CachedStore`] true: the backend's change feed calls it.
@@ -523,25 +536,6 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         Ok(answer)
     }
 
-    fn find_by_hash_now(
-        &self,
-        hash: &KeyHash,
-    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        match self.state.lookup(hash) {
-            Some(answer) => Some(Ok(answer.map(|stored| Arc::new(stored.record())))),
-            None => self.inner.find_by_hash_now(hash),
-        }
-    }
-
-    // What verification calls first: a warm entry is answered as the shared
-    // `StoredKey`, with no copy.
-    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
-        match self.state.lookup(hash) {
-            Some(answer) => Some(Ok(answer.map(StoredKeyRef::from))),
-            None => self.inner.find_stored_now(hash),
-        }
-    }
-
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.get(id).await
     }
@@ -579,16 +573,24 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         result
     }
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        self.inner.record_usage(batch).await
+    // Usage is not cached: it goes to the cached store's own usage store.
+    fn usage_store(&self) -> Option<&dyn UsageStore> {
+        self.inner.usage_store()
     }
 
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        self.inner.usage(id).await
+    fn fast_lookup(&self, _: Seal) -> Option<&dyn FastLookup> {
+        Some(self)
     }
+}
 
-    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
-        self.inner.usage_batch(ids).await
+// What verification calls first: a warm entry is answered as the shared
+// `StoredKey`, with no copy; a miss asks the cached store's own fast path.
+impl<S: KeyStore> FastLookup for CachedStore<S> {
+    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
+        match self.state.lookup(hash) {
+            Some(answer) => Some(Ok(answer.map(StoredKeyRef::from))),
+            None => self.inner.fast_lookup(Seal::new())?.find_stored_now(hash),
+        }
     }
 }
 
@@ -670,11 +672,8 @@ mod tests {
         ) -> Result<Option<KeyRecord>, StoreError> {
             self.inner.revoke(id, at).await
         }
-        async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-            self.inner.record_usage(batch).await
-        }
-        async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-            self.inner.usage(id).await
+        fn usage_store(&self) -> Option<&dyn UsageStore> {
+            Some(&self.inner)
         }
     }
 
@@ -753,12 +752,8 @@ mod tests {
             assert_eq!(found.id, key.id);
         }
         assert_eq!(finds(&remote), 1);
-        let now = cached
-            .find_by_hash_now(&key.hash)
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(now.id, key.id);
+        let now = cached.find_stored_now(&key.hash).unwrap().unwrap().unwrap();
+        assert_eq!(now.id(), key.id);
         assert_eq!(cached.cached_keys(), 1);
     }
 
@@ -771,7 +766,7 @@ mod tests {
             assert!(cached.find_by_hash(&key.hash).await.unwrap().is_some());
         }
         assert_eq!(finds(&remote), 3);
-        assert!(cached.find_by_hash_now(&key.hash).is_none());
+        assert!(cached.find_stored_now(&key.hash).is_none());
         assert!(!cached.is_trusted());
     }
 
@@ -797,7 +792,7 @@ mod tests {
         cached.find_by_hash(&key.hash).await.unwrap();
         feed.disconnected();
         assert!(!cached.is_trusted());
-        assert!(cached.find_by_hash_now(&key.hash).is_none());
+        assert!(cached.find_stored_now(&key.hash).is_none());
         cached.find_by_hash(&key.hash).await.unwrap();
         assert_eq!(finds(&remote), 2, "down: the store answers");
         feed.synced(Instant::now());
@@ -844,7 +839,7 @@ mod tests {
             ..StoreUpdate::default()
         };
         cached.update(&key.id, &update).await.unwrap();
-        let found = cached.find_by_hash_now(&key.hash);
+        let found = cached.find_stored_now(&key.hash);
         assert!(found.is_none(), "the edited key is read again");
         let found = cached.find_by_hash(&key.hash).await.unwrap().unwrap();
         assert_eq!(found.allowed_ips.len(), 1);
@@ -865,7 +860,7 @@ mod tests {
         assert!(cached.find_by_hash(&key.hash).await.unwrap().is_none());
         assert!(cached.find_by_hash(&key.hash).await.unwrap().is_none());
         assert_eq!(finds(&remote), 1);
-        assert!(matches!(cached.find_by_hash_now(&key.hash), Some(Ok(None))));
+        assert!(matches!(cached.find_stored_now(&key.hash), Some(Ok(None))));
         // Inserted on another server: the notification clears the entry.
         remote.inner.insert(key.clone()).await.unwrap();
         feed.changed(&key.hash);
@@ -902,7 +897,7 @@ mod tests {
         remote.failing.store(true, Ordering::SeqCst);
         assert!(cached.find_by_hash(&key.hash).await.is_err());
         assert!(
-            cached.find_by_hash_now(&key.hash).is_none(),
+            cached.find_stored_now(&key.hash).is_none(),
             "no negative entry"
         );
         remote.failing.store(false, Ordering::SeqCst);
@@ -990,7 +985,7 @@ mod tests {
         let stale = cached.find_by_hash(&key.hash).await.unwrap().unwrap();
         assert!(stale.revoked_at.is_none());
         *remote.during_find.lock().unwrap() = None;
-        assert!(cached.find_by_hash_now(&key.hash).is_none(), "not cached");
+        assert!(cached.find_stored_now(&key.hash).is_none(), "not cached");
     }
 
     #[tokio::test]

@@ -24,22 +24,27 @@
 //! only ever shorten an expiry and never touch a revoked record; revocation
 //! keeps its first time and is seen by the next lookup; usage batches add up,
 //! the latest use wins and unknown ids are ignored, and reading several
-//! keys' usage at once agrees with reading each;
-//! [`find_by_hash_now`](KeyStore::find_by_hash_now) and
-//! [`find_stored_now`](KeyStore::find_stored_now), when they answer, agree
-//! with `find_by_hash`; concurrent inserts and revocations lose nothing.
+//! keys' usage at once agrees with reading each (for a store that keeps
+//! usage; [`run_usage`] checks a [`UsageStore`] of its own); the crate's
+//! in-memory answers agree with `find_by_hash`; concurrent inserts and
+//! revocations lose nothing.
 
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta};
+use super::fast::Seal;
+use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageStore};
 use crate::key::KeyId;
 use crate::key::{Environment, TmKey};
 use crate::rate_limit::RateLimit;
 use crate::record::KeyRecord;
+
+const HUNDRED: NonZeroU32 = NonZeroU32::new(100).unwrap();
+const FIVE: NonZeroU32 = NonZeroU32::new(5).unwrap();
 
 /// One failed check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +102,7 @@ pub fn sample_record(owner: &str) -> KeyRecord {
         ],
         environment: Environment::Live,
         hint: key.hint(),
-        rate_limit: Some(RateLimit::new(100, Duration::from_secs(300))),
+        rate_limit: Some(RateLimit::per_minute(HUNDRED)),
         id: KeyId::generate(),
         owner: owner.to_owned(),
         name: "Production - Main Website".to_owned(),
@@ -194,14 +199,16 @@ async fn unknown_lookups(store: &dyn KeyStore) -> Outcome {
             .is_none(),
         "revoke of an unknown id answered a record"
     );
-    ensure!(
-        store
-            .usage(&stranger.id)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none(),
-        "usage of an unknown id answered totals"
-    );
+    if let Some(usage) = store.usage_store() {
+        ensure!(
+            usage
+                .usage(&stranger.id)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none(),
+            "usage of an unknown id answered totals"
+        );
+    }
     Ok(())
 }
 
@@ -393,7 +400,7 @@ async fn update_changes_what_it_says(store: &dyn KeyStore) -> Outcome {
         stored.as_ref() == Some(&expected),
         "after update the store holds {stored:?}"
     );
-    let limit = RateLimit::new(5, Duration::from_secs(60));
+    let limit = RateLimit::per_minute(FIVE);
     let update = StoreUpdate {
         rate_limit: Some(Some(limit)),
         ..StoreUpdate::default()
@@ -486,14 +493,33 @@ async fn revocation_is_final(store: &dyn KeyStore) -> Outcome {
     Ok(())
 }
 
-async fn usage_adds_up(store: &dyn KeyStore) -> Outcome {
-    let record = sample_record("acct_1");
-    insert(store, &record).await?;
+/// The usage store a usage check runs on, and the key store whose keys it
+/// counts, if it counts only known keys.
+#[derive(Clone, Copy)]
+struct Usage<'a> {
+    store: &'a dyn UsageStore,
+    keys: Option<&'a dyn KeyStore>,
+}
+
+impl Usage<'_> {
+    /// A record the usage store will count.
+    async fn known(&self) -> Result<KeyRecord, String> {
+        let record = sample_record("acct_1");
+        if let Some(keys) = self.keys {
+            insert(keys, &record).await?;
+        }
+        Ok(record)
+    }
+}
+
+async fn usage_adds_up(usage: Usage<'_>) -> Outcome {
+    let record = usage.known().await?;
+    let store = usage.store;
     let totals = store.usage(&record.id).await.map_err(|e| e.to_string())?;
     ensure!(
         totals
             .as_ref()
-            .is_some_and(|t| t.requests == 0 && t.last_used_at.is_none()),
+            .is_none_or(|t| t.requests == 0 && t.last_used_at.is_none()),
         "a new key's usage is {totals:?}"
     );
     let ip_a: IpAddr = "203.0.113.1".parse().map_err(|e| format!("{e}"))?;
@@ -540,10 +566,9 @@ async fn usage_adds_up(store: &dyn KeyStore) -> Outcome {
     Ok(())
 }
 
-async fn usage_batch_agrees_with_usage(store: &dyn KeyStore) -> Outcome {
-    let (used, unused) = (sample_record("acct_1"), sample_record("acct_1"));
-    insert(store, &used).await?;
-    insert(store, &unused).await?;
+async fn usage_batch_agrees_with_usage(usage: Usage<'_>) -> Outcome {
+    let (used, unused) = (usage.known().await?, usage.known().await?);
+    let store = usage.store;
     let mut delta = UsageDelta::new(used.id);
     delta.requests = 3;
     delta.rejected = Rejections::from_counts([0, 1, 0, 0, 2]);
@@ -572,24 +597,19 @@ async fn usage_batch_agrees_with_usage(store: &dyn KeyStore) -> Outcome {
 }
 
 async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
+    let Some(fast) = store.fast_lookup(Seal::new()) else {
+        return Ok(());
+    };
     let record = sample_record("acct_1");
     insert(store, &record).await?;
     let stranger = sample_record("acct_1");
     for hash in [record.hash, stranger.hash] {
-        if let Some(now) = store.find_by_hash_now(&hash) {
-            let now = now.map_err(|e| e.to_string())?;
-            let later = store.find_by_hash(&hash).await.map_err(|e| e.to_string())?;
-            ensure!(
-                now == later,
-                "find_by_hash_now answered {now:?} where find_by_hash answered {later:?}"
-            );
-        }
-        if let Some(now) = store.find_stored_now(&hash) {
+        if let Some(now) = fast.find_stored_now(&hash) {
             let now = now.map_err(|e| e.to_string())?;
             let later = store.find_by_hash(&hash).await.map_err(|e| e.to_string())?;
             ensure!(
                 now.as_ref().map(|stored| stored.record()) == later.as_deref().cloned(),
-                "find_stored_now answered {now:?} where find_by_hash answered {later:?}"
+                "the in-memory answer was {now:?} where find_by_hash answered {later:?}"
             );
         }
     }
@@ -597,18 +617,11 @@ async fn answers_now_agree(store: &dyn KeyStore) -> Outcome {
         .revoke(&record.id, at_ms(7))
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(now) = store.find_by_hash_now(&record.hash) {
-        let now = now.map_err(|e| e.to_string())?;
-        ensure!(
-            now.and_then(|r| r.revoked_at).is_some(),
-            "find_by_hash_now did not see a revocation"
-        );
-    }
-    if let Some(now) = store.find_stored_now(&record.hash) {
+    if let Some(now) = fast.find_stored_now(&record.hash) {
         let now = now.map_err(|e| e.to_string())?;
         ensure!(
             now.and_then(|stored| stored.revoked_at()).is_some(),
-            "find_stored_now did not see a revocation"
+            "the in-memory answer did not see a revocation"
         );
     }
     Ok(())
@@ -796,8 +809,27 @@ where
     check!(update_changes_what_it_says);
     check!(update_never_lengthens_expiry);
     check!(revocation_is_final);
-    check!(usage_adds_up);
-    check!(usage_batch_agrees_with_usage);
+    macro_rules! check_usage {
+        ($name:ident) => {{
+            let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
+            // A store that keeps no usage is checked by `run_usage`, on the
+            // usage store it is used with.
+            if let Some(usage) = store.usage_store() {
+                let usage = Usage {
+                    store: usage,
+                    keys: Some(&*store),
+                };
+                if let Err(problem) = $name(usage).await {
+                    failures.push(Failure {
+                        check: stringify!($name),
+                        problem,
+                    });
+                }
+            }
+        }};
+    }
+    check_usage!(usage_adds_up);
+    check_usage!(usage_batch_agrees_with_usage);
     check!(answers_now_agree);
     check!(update_racing_revoke_is_reported_truly);
     let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
@@ -807,6 +839,48 @@ where
             problem,
         });
     }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failures(failures))
+    }
+}
+
+/// Runs the usage checks against a [`UsageStore`] kept apart from any key
+/// store, each on a fresh one from `fresh`. (A key store that keeps usage
+/// itself, [`KeyStore::usage_store`], has them run by [`run`].)
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tm_auth::store::{conformance, MemoryUsageStore};
+///
+/// conformance::run_usage(|| async { MemoryUsageStore::new() }).await.unwrap();
+/// # }
+/// ```
+pub async fn run_usage<U, F, Fut>(mut fresh: F) -> Result<(), Failures>
+where
+    U: UsageStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = U>,
+{
+    let mut failures = Vec::new();
+    macro_rules! check {
+        ($name:ident) => {{
+            let store = fresh().await;
+            let usage = Usage {
+                store: &store,
+                keys: None,
+            };
+            if let Err(problem) = $name(usage).await {
+                failures.push(Failure {
+                    check: stringify!($name),
+                    problem,
+                });
+            }
+        }};
+    }
+    check!(usage_adds_up);
+    check!(usage_batch_agrees_with_usage);
     if failures.is_empty() {
         Ok(())
     } else {

@@ -9,7 +9,6 @@
 //! implementation, including `Arc<dyn KeyStore>`.
 
 use std::error::Error as StdError;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -24,6 +23,7 @@ pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod counters;
+pub(crate) mod fast;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -31,9 +31,12 @@ pub mod postgres;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub(crate) mod usage;
 
 pub use memory::MemoryStore;
-pub use memory::{StoredKey, StoredKeyRef};
+pub use usage::{MemoryUsageStore, Rejections, UsageDelta, UsageStore, UsageTotals};
+
+use fast::{FastLookup, Seal};
 
 /// A store failed. Management calls report it as
 /// [`ManagerError::Store`](crate::ManagerError::Store); verification answers
@@ -100,120 +103,14 @@ impl StoreUpdate {
     }
 }
 
-/// Requests rejected for a real key, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Rejections {
-    /// The key was revoked.
-    pub revoked: u64,
-    /// The key had expired.
-    pub expired: u64,
-    /// A test key where only live keys are accepted, or the reverse.
-    pub wrong_environment: u64,
-    /// The client IP was outside the key's allowlist (or unknown).
-    pub ip_not_allowed: u64,
-    /// The key's rate limit was exceeded.
-    pub rate_limited: u64,
-}
-
-impl Rejections {
-    /// All rejections together.
-    pub fn total(&self) -> u64 {
-        self.revoked
-            .saturating_add(self.expired)
-            .saturating_add(self.wrong_environment)
-            .saturating_add(self.ip_not_allowed)
-            .saturating_add(self.rate_limited)
-    }
-
-    /// From counts in the order of the fields above.
-    pub(crate) fn from_counts(counts: [u64; 5]) -> Rejections {
-        let [revoked, expired, wrong_environment, ip_not_allowed, rate_limited] = counts;
-        Rejections {
-            revoked,
-            expired,
-            wrong_environment,
-            ip_not_allowed,
-            rate_limited,
-        }
-    }
-
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &Rejections) {
-        self.revoked = self.revoked.saturating_add(other.revoked);
-        self.expired = self.expired.saturating_add(other.expired);
-        self.wrong_environment = self
-            .wrong_environment
-            .saturating_add(other.wrong_environment);
-        self.ip_not_allowed = self.ip_not_allowed.saturating_add(other.ip_not_allowed);
-        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
-    }
-}
-
-/// Usage of one key since the last flush: one element of a batch passed to
-/// [`KeyStore::record_usage`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UsageDelta {
-    /// The key.
-    pub id: KeyId,
-    /// Successful verifications to add.
-    pub requests: u64,
-    /// Rejections to add.
-    pub rejected: Rejections,
-    /// The latest successful use in this batch, if any.
-    pub last_used_at: Option<SystemTime>,
-    /// The client address of that use, if known.
-    pub last_used_ip: Option<IpAddr>,
-}
-
-impl UsageDelta {
-    /// An empty delta for `id`.
-    pub fn new(id: KeyId) -> UsageDelta {
-        UsageDelta {
-            id,
-            requests: 0,
-            rejected: Rejections::default(),
-            last_used_at: None,
-            last_used_ip: None,
-        }
-    }
-}
-
-/// The usage a store holds for one key: the sum of every delta recorded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UsageTotals {
-    /// Successful verifications.
-    pub requests: u64,
-    /// Rejections of this key, by reason.
-    pub rejected: Rejections,
-    /// The latest successful use.
-    pub last_used_at: Option<SystemTime>,
-    /// The client address of that use, if it was known.
-    pub last_used_ip: Option<IpAddr>,
-}
-
-impl UsageTotals {
-    /// Folds one delta in: counts add up, and the later `last_used_at` wins
-    /// (so batches applied out of order still end right).
-    pub fn add(&mut self, delta: &UsageDelta) {
-        self.requests = self.requests.saturating_add(delta.requests);
-        self.rejected.add(&delta.rejected);
-        if let Some(at) = delta.last_used_at {
-            if self.last_used_at.is_none_or(|current| at >= current) {
-                self.last_used_at = Some(at);
-                self.last_used_ip = delta.last_used_ip;
-            }
-        }
-    }
-}
-
-/// Storage for key records.
+/// Storage for key records: six methods to implement.
 ///
-/// Implement it to keep keys in your own database; pass the store to
-/// [`KeyManager::new`](crate::KeyManager::new). The rules every
-/// implementation must keep:
+/// Implement it to keep keys in your own database and pass the store to
+/// [`KeyManager::new`](crate::KeyManager::new) or
+/// [`KeyManager::builder`](crate::KeyManager::builder). Paging and counting
+/// have defaults built on `list_by_owner`; usage counts are a trait of their
+/// own ([`UsageStore`]). The rules every implementation must keep, which the
+/// [conformance kit](crate::store::conformance) checks:
 ///
 /// - `insert` fails with [`StoreError::Conflict`] if the id or hash exists.
 /// - `list_by_owner` returns records in insertion order.
@@ -224,14 +121,65 @@ impl UsageTotals {
 ///   return the record without `revoked_at` (on the same process; a store
 ///   shared by several processes documents its own bound).
 ///
-/// ```
-/// use std::sync::Arc;
-/// use tm_auth::{KeyManager, KeyStore, MemoryStore};
+/// A whole store, kept in a `Vec` for the sake of the example:
 ///
-/// // Any store works behind a trait object.
-/// let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-/// let manager = KeyManager::new(store);
-/// # let _ = manager;
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::SystemTime;
+/// use async_trait::async_trait;
+/// use tm_auth::store::{KeyStore, StoreError, StoreUpdate};
+/// use tm_auth::{KeyHash, KeyId, KeyManager, KeyRecord};
+///
+/// #[derive(Default)]
+/// struct VecStore(Mutex<Vec<KeyRecord>>);
+///
+/// impl VecStore {
+///     fn with<T>(&self, f: impl FnOnce(&mut Vec<KeyRecord>) -> T) -> T {
+///         f(&mut self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl KeyStore for VecStore {
+///     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+///         self.with(|keys| {
+///             if keys.iter().any(|k| k.id == record.id || k.hash == record.hash) {
+///                 return Err(StoreError::Conflict);
+///             }
+///             keys.push(record);
+///             Ok(())
+///         })
+///     }
+///     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+///         Ok(self.with(|keys| keys.iter().find(|k| k.hash == *hash).cloned().map(Arc::new)))
+///     }
+///     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+///         Ok(self.with(|keys| keys.iter().find(|k| k.id == *id).cloned()))
+///     }
+///     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+///         Ok(self.with(|keys| keys.iter().filter(|k| k.owner == owner).cloned().collect()))
+///     }
+///     async fn update(&self, id: &KeyId, update: &StoreUpdate) -> Result<Option<KeyRecord>, StoreError> {
+///         Ok(self.with(|keys| {
+///             let record = keys.iter_mut().find(|k| k.id == *id)?;
+///             update.apply_to(record);
+///             Some(record.clone())
+///         }))
+///     }
+///     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError> {
+///         Ok(self.with(|keys| {
+///             let record = keys.iter_mut().find(|k| k.id == *id)?;
+///             record.revoked_at.get_or_insert(at);
+///             Some(record.clone())
+///         }))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = KeyManager::new(VecStore::default());
+/// let created = manager.create(tm_auth::NewKey::new("acct_42", "Production")).await?;
+/// assert!(manager.verify(created.key.expose_secret(), None).await.is_ok());
+/// # Ok(()) }
 /// ```
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -241,40 +189,24 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record whose key hashes to `hash`: the verification lookup.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError>;
 
-    /// The same lookup, answered without waiting when the store can (an
-    /// in-memory map, a warm cache): `Some(answer)`, or `None` to say "call
-    /// [`find_by_hash`](KeyStore::find_by_hash)". The default is `None`.
-    ///
-    /// Verification tries this first, so a store that answers here costs
-    /// no future and no allocation per request. An answer here must be
-    /// exactly what `find_by_hash` would answer at that moment.
-    fn find_by_hash_now(
-        &self,
-        hash: &KeyHash,
-    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        let _ = hash;
-        None
-    }
-
-    /// The same lookup for a store that keeps its keys in memory as
-    /// [`StoredKey`]s: the shared entry itself, answered without waiting, or
-    /// `None` to say "call [`find_by_hash_now`](KeyStore::find_by_hash_now)".
-    /// The default is `None`.
-    ///
-    /// Verification tries this first. It reads the entry in place, with no
-    /// copy, and counts the request in the entry's own counters rather than
-    /// in a map of the manager's. An answer here must be exactly what
-    /// `find_by_hash` would answer at that moment.
-    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
-        let _ = hash;
-        None
-    }
-
     /// The record with this id.
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
     /// All of an owner's records, revoked ones included, oldest first.
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Applies `update` (see [`StoreUpdate`]) and returns the record as it now
+    /// is; `None` if there is no such id. A revoked record is returned
+    /// unchanged.
+    async fn update(
+        &self,
+        id: &KeyId,
+        update: &StoreUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Sets `revoked_at` to `at` unless it is already set, and returns the
+    /// record; `None` if there is no such id.
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError>;
 
     /// One page of an owner's records, oldest first: up to `limit` of them,
     /// starting after the record with id `after` (from the oldest when
@@ -313,36 +245,22 @@ pub trait KeyStore: Send + Sync + 'static {
             .count())
     }
 
-    /// Applies `update` (see [`StoreUpdate`]) and returns the record as it now
-    /// is; `None` if there is no such id. A revoked record is returned
-    /// unchanged.
-    async fn update(
-        &self,
-        id: &KeyId,
-        update: &StoreUpdate,
-    ) -> Result<Option<KeyRecord>, StoreError>;
-
-    /// Sets `revoked_at` to `at` unless it is already set, and returns the
-    /// record; `None` if there is no such id.
-    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<Option<KeyRecord>, StoreError>;
-
-    /// Adds a batch of usage counts. Deltas for unknown ids are ignored.
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
-
-    /// The usage totals recorded for `id`; `None` if there is no such id.
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError>;
-
-    /// The usage totals of several keys, in the order of `ids` (`None` for
-    /// an id there is no key with): what a page of keys shows, read at once.
+    /// Where this store keeps usage counts, if it keeps them itself.
     ///
-    /// The default asks [`usage`](KeyStore::usage) for each; a store that
-    /// can should answer with one query.
-    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
-        let mut totals = Vec::with_capacity(ids.len());
-        for id in ids {
-            totals.push(self.usage(id).await?);
-        }
-        Ok(totals)
+    /// The default is `None`: a manager over this store counts into a
+    /// [`MemoryUsageStore`] unless it is given a [`UsageStore`] with
+    /// [`KeyManagerBuilder::usage_store`](crate::KeyManagerBuilder::usage_store).
+    /// A store that implements [`UsageStore`] as well answers `Some(self)`.
+    fn usage_store(&self) -> Option<&dyn UsageStore> {
+        None
+    }
+
+    /// The crate's own fast path (see the `fast` module): sealed, and
+    /// answered only by the crate's in-memory stores and caches.
+    #[doc(hidden)]
+    fn fast_lookup(&self, seal: Seal) -> Option<&dyn FastLookup> {
+        let _ = seal;
+        None
     }
 }
 
@@ -358,20 +276,6 @@ macro_rules! delegate_store {
                 hash: &KeyHash,
             ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
                 (**self).find_by_hash(hash).await
-            }
-            // Forwarded, or a store behind an `Arc` or a `Box` would lose its
-            // synchronous answers and cost a boxed future per verification.
-            fn find_by_hash_now(
-                &self,
-                hash: &KeyHash,
-            ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-                (**self).find_by_hash_now(hash)
-            }
-            fn find_stored_now(
-                &self,
-                hash: &KeyHash,
-            ) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
-                (**self).find_stored_now(hash)
             }
             async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
                 (**self).get(id).await
@@ -408,17 +312,13 @@ macro_rules! delegate_store {
             ) -> Result<Option<KeyRecord>, StoreError> {
                 (**self).revoke(id, at).await
             }
-            async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-                (**self).record_usage(batch).await
+            fn usage_store(&self) -> Option<&dyn UsageStore> {
+                (**self).usage_store()
             }
-            async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-                (**self).usage(id).await
-            }
-            async fn usage_batch(
-                &self,
-                ids: &[KeyId],
-            ) -> Result<Vec<Option<UsageTotals>>, StoreError> {
-                (**self).usage_batch(ids).await
+            // Forwarded, so a store shared as an `Arc` or a `Box` keeps its
+            // answers from memory.
+            fn fast_lookup(&self, seal: Seal) -> Option<&dyn FastLookup> {
+                (**self).fast_lookup(seal)
             }
         }
     };

@@ -107,12 +107,15 @@ where
     let requests: Option<i64> = row.try_get("rate_limit_requests").map_err(get_err)?;
     let window: Option<i64> = row.try_get("rate_limit_window_ms").map_err(get_err)?;
     let rate_limit = match (requests, window) {
-        (Some(requests), Some(window)) => Some(RateLimit::new(
-            u32::try_from(requests).map_err(|_| corrupt("rate limit out of range"))?,
-            Duration::from_millis(
-                u64::try_from(window).map_err(|_| corrupt("rate window out of range"))?,
-            ),
-        )),
+        (Some(requests), Some(window)) => Some(
+            RateLimit::new(
+                u32::try_from(requests).map_err(|_| corrupt("rate limit out of range"))?,
+                Duration::from_millis(
+                    u64::try_from(window).map_err(|_| corrupt("rate window out of range"))?,
+                ),
+            )
+            .map_err(|_| corrupt("invalid rate limit"))?,
+        ),
         _ => None,
     };
     let created_at: i64 = row.try_get("created_at_ms").map_err(get_err)?;
@@ -438,7 +441,7 @@ where
     }
 }
 
-/// `KeyStore` for a SQL store: the shared queries of its `keys`
+/// `KeyStore` and `UsageStore` for a SQL store: the shared queries of its `keys`
 /// ([`SqlKeys`]), and for the usage batches, which the dialects write
 /// differently, the store's own `write_usage` and `read_usage`.
 macro_rules! sql_key_store {
@@ -497,6 +500,13 @@ macro_rules! sql_key_store {
                 self.keys.revoke(id, at).await
             }
 
+            fn usage_store(&self) -> Option<&dyn $crate::store::UsageStore> {
+                Some(self)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::UsageStore for $store {
             async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
                 self.write_usage(batch).await
             }

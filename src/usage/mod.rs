@@ -1,10 +1,9 @@
-//! Usage monitoring and per-key rate limits, kept by the [`KeyManager`](crate::KeyManager).
+//! Usage monitoring, kept by the [`KeyManager`](crate::KeyManager).
 //!
 //! Each key is counted: successful requests, rejections by reason, the last
-//! use and its client address, a per-minute history, and the state of its
-//! rate-limit window. Counting on the request path is lock-free and
+//! use and its client address, and a per-minute history. Counting on the request path is lock-free and
 //! allocates nothing after a key's first use. For a store that keeps keys in
-//! memory ([`StoredKey`](crate::store::StoredKey)s, such as `MemoryStore`'s)
+//! memory (`MemoryStore`, a warm verification cache)
 //! the counters a request touches are part of the key's entry, on the cache
 //! line after the one verification reads: counting costs one atomic
 //! increment and a few plain loads and stores, and no lookup. Any other
@@ -13,7 +12,7 @@
 //! rejections, the finished minutes (allocated an hour at a time), what
 //! reached the store — is kept only for keys that are used.
 //!
-//! Counts reach the store in batches ([`KeyStore::record_usage`]): by
+//! Counts reach the usage store in batches ([`UsageStore::record_usage`]): by
 //! [`KeyManager::flush_usage`](crate::KeyManager::flush_usage), by the
 //! background task [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task)
 //! starts, and by that task's [`shutdown`](UsageTask::shutdown). A batch the
@@ -21,7 +20,7 @@
 //! one. (A batch the store applied but whose answer was lost — a timeout —
 //! is sent again: counts are at least once, not exactly once.)
 //!
-//! [`KeyStore::record_usage`]: crate::KeyStore::record_usage
+//! [`UsageStore::record_usage`]: crate::UsageStore::record_usage
 
 use std::fmt;
 use std::net::IpAddr;

@@ -24,18 +24,18 @@ use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::minutes::Minutes;
 use super::{time_of, Event, KeyUsage, MinuteUsage, NewIp, Rejection, Spike};
 use super::{UsageConfig, UsageSample};
 use crate::clock::{millis_since_epoch, Clock};
 use crate::key::{KeyId, UniformHasher};
-use crate::rate_limit::{RateLimit, RateLimitStatus, Window};
 use crate::record::KeyRecord;
 use crate::store::counters::{Claim, Counters};
 use crate::store::memory::Entry;
-use crate::store::{Rejections, StoredKeyRef, UsageDelta, UsageTotals};
+use crate::store::memory::StoredKeyRef;
+use crate::store::{Rejections, UsageDelta, UsageTotals};
 
 /// What a verification counts against: the store's entry (whose inline
 /// counters it may use), resolved once, with the handle to keep if this
@@ -50,7 +50,7 @@ pub(crate) enum Subject<'a> {
 }
 
 impl Subject<'_> {
-    fn id(&self) -> KeyId {
+    pub(crate) fn id(&self) -> KeyId {
         match self {
             Subject::Entry { entry, .. } => entry.id(),
             Subject::Record(record) => record.id,
@@ -62,8 +62,6 @@ impl Subject<'_> {
 pub(crate) struct Tracked {
     /// Counts made where no entry held them.
     own: Counters,
-    /// The key's rate-limit window, whichever block counts its requests.
-    window: Window,
     /// Store entries whose inline counters count this key for this tracker.
     entries: Mutex<Vec<StoredKeyRef>>,
     rejected: [AtomicU64; 5],
@@ -86,7 +84,6 @@ impl Tracked {
     fn new(history_minutes: usize) -> Tracked {
         Tracked {
             own: Counters::default(),
-            window: Window::default(),
             entries: Mutex::new(Vec::new()),
             rejected: Default::default(),
             sent_requests: AtomicU64::new(0),
@@ -266,25 +263,6 @@ impl Tracker {
         if self.config.observer.is_some() && self.events.try_send(event).is_err() {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Takes a request of the key into its rate-limit window.
-    pub(crate) fn take(
-        &self,
-        subject: Subject<'_>,
-        limit: RateLimit,
-        now_ms: u64,
-    ) -> Result<RateLimitStatus, Duration> {
-        let taken = {
-            let guard = self.keys.guard();
-            self.tracked(subject.id(), &guard)
-                .window
-                .take(limit, now_ms)
-        };
-        if taken.is_err() {
-            self.rejected(subject, Rejection::RateLimited);
-        }
-        taken
     }
 
     /// Counts a refused request of a real key.
@@ -563,7 +541,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::key::{Environment, TmKey};
-    use crate::store::StoredKey;
+    use crate::store::memory::StoredKey;
     use crate::usage::UsageConfig;
 
     fn stored() -> Arc<StoredKey> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use tm_auth::store::{StoreUpdate, UsageDelta, UsageTotals};
+use tm_auth::store::{StoreUpdate, UsageDelta, UsageStore, UsageTotals};
 use tm_auth::{KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, StoreError};
 
 /// A store call, to choose where a fault strikes.
@@ -113,6 +113,13 @@ impl KeyStore for FaultyStore {
         self.gate(Op::Revoke).await?;
         self.inner.revoke(id, at).await
     }
+    fn usage_store(&self) -> Option<&dyn UsageStore> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl UsageStore for FaultyStore {
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         self.gate(Op::RecordUsage).await?;
         self.inner.record_usage(batch).await

@@ -440,42 +440,10 @@ impl<'a> Entry<'a> {
 /// [`update`](StoredKey::update)), so the counters stay with the key and a
 /// change is seen by every verification that starts after it returns.
 ///
-/// [`MemoryStore`](crate::MemoryStore) keeps its keys this way. A store of
-/// your own that keeps keys in memory can too: hold `Arc<StoredKey>`s and
-/// answer [`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now)
-/// with them, and the manager counts usage in the keys themselves instead
-/// of looking each one up in a map of its own.
-///
-/// ```
-/// use std::sync::Arc;
-/// use std::time::SystemTime;
-/// use tm_auth::store::{StoreUpdate, StoredKey, StoredKeyRef};
-/// use tm_auth::{Environment, KeyId, KeyRecord, TmKey};
-///
-/// let key = TmKey::generate(Environment::Live);
-/// let stored = Arc::new(StoredKey::new(KeyRecord {
-///     hash: key.hash(),
-///     revoked_at: None,
-///     expires_at: None,
-///     allowed_ips: Vec::new(),
-///     rate_limit: None,
-///     id: KeyId::generate(),
-///     environment: Environment::Live,
-///     hint: key.hint(),
-///     owner: "acct_42".into(),
-///     name: "Production".into(),
-///     created_at: SystemTime::now(),
-/// }));
-/// let mut rename = StoreUpdate::default();
-/// rename.name = Some("Production - Main Website".into());
-/// assert_eq!(stored.update(&rename).name, "Production - Main Website");
-/// let revoked = stored.revoke(SystemTime::now());
-/// assert!(revoked.revoked_at.is_some());
-/// // What a store's `find_stored_now` answers:
-/// let shared = StoredKeyRef::from(Arc::clone(&stored));
-/// assert_eq!(shared.id(), revoked.id);
-/// assert!(shared.is_revoked());
-/// ```
+/// [`MemoryStore`](crate::MemoryStore) and the verification cache keep
+/// their keys this way and hand them to verification through the sealed
+/// fast path (`store::fast`), so the manager counts usage in the keys
+/// themselves instead of looking each one up in a map of its own.
 pub struct StoredKey {
     hot: Hot,
     cold: Cold,
@@ -648,6 +616,33 @@ pub(super) mod tests {
 
     use super::super::slab::Slab;
     use super::*;
+
+    #[test]
+    fn edits_are_made_in_place_and_seen_through_a_shared_handle() {
+        let key = crate::key::TmKey::generate(crate::key::Environment::Live);
+        let stored = Arc::new(StoredKey::new(KeyRecord {
+            hash: key.hash(),
+            revoked_at: None,
+            expires_at: None,
+            allowed_ips: Vec::new(),
+            rate_limit: None,
+            id: crate::key::KeyId::generate(),
+            environment: crate::key::Environment::Live,
+            hint: key.hint(),
+            owner: "acct_42".into(),
+            name: "Production".into(),
+            created_at: SystemTime::now(),
+        }));
+        let shared = StoredKeyRef::from(Arc::clone(&stored));
+        let mut rename = StoreUpdate::default();
+        rename.name = Some("Production - Main Website".into());
+        assert_eq!(stored.update(&rename).name, "Production - Main Website");
+        assert_eq!(shared.record().name, "Production - Main Website");
+        let revoked = stored.revoke(SystemTime::now());
+        assert!(revoked.revoked_at.is_some());
+        assert_eq!(shared.id(), revoked.id);
+        assert!(shared.is_revoked());
+    }
     use crate::key::TmKey;
 
     pub(in crate::store::memory) fn record() -> KeyRecord {
@@ -657,7 +652,9 @@ pub(super) mod tests {
             revoked_at: None,
             expires_at: Some(UNIX_EPOCH + Duration::new(4_102_444_800, 123_456_789)),
             allowed_ips: vec!["203.0.113.0/24".parse().unwrap()],
-            rate_limit: Some(RateLimit::new(100, Duration::from_secs(300))),
+            rate_limit: Some(RateLimit::per_minute(
+                std::num::NonZeroU32::new(100).unwrap(),
+            )),
             id: KeyId::generate(),
             environment: Environment::Test,
             hint: key.hint(),

@@ -12,12 +12,13 @@ mod entry;
 mod index;
 mod slab;
 
-use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageTotals};
+use super::fast::{FastLookup, Seal};
+use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageStore, UsageTotals};
 use crate::key::KeyHash;
 use crate::key::KeyId;
 use crate::record::KeyRecord;
 pub(crate) use entry::Entry;
-pub use entry::{StoredKey, StoredKeyRef};
+pub(crate) use entry::{StoredKey, StoredKeyRef};
 use index::{hash_slot, id_slot, Index, MIN_SLOTS};
 use slab::{Slab, SlabHandles};
 
@@ -34,8 +35,7 @@ use slab::{Slab, SlabHandles};
 ///
 /// How it is laid out, because it decides what a verification costs. Keys
 /// are kept in an append-only list (a key is never removed: a revoked key
-/// stays listed), each in two parts (see
-/// [`StoredKey`](crate::store::StoredKey)): 128 bytes that a verification
+/// stays listed), each in two parts: 128 bytes that a verification
 /// reads and counts usage in, on a 128-byte boundary so the processor
 /// fetches them as one block, and the rest beside them. Two open-addressing
 /// indexes — by hash and by id — have 4-byte slots (the key's position and
@@ -273,24 +273,10 @@ impl KeyStore for MemoryStore {
         Ok(())
     }
 
-    // The manager uses `find_stored_now`; other callers get a copy of the
-    // record in an `Arc` of its own.
+    // The manager uses `find_stored_now` (the fast path); other callers get
+    // a copy of the record in an `Arc` of its own.
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         Ok(self.find_record(hash))
-    }
-
-    fn find_by_hash_now(
-        &self,
-        hash: &KeyHash,
-    ) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
-        Some(Ok(self.find_record(hash)))
-    }
-
-    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
-        let inner = &*self.inner;
-        // Before the lookup: see `SlabHandles::pick`.
-        let lease = inner.handles.pick();
-        Some(Ok(inner.find_hash(hash).map(|index| lease.entry(index))))
     }
 
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
@@ -347,6 +333,17 @@ impl KeyStore for MemoryStore {
         Ok(self.inner.by_id(id).map(|entry| entry.revoke(at)))
     }
 
+    fn usage_store(&self) -> Option<&dyn UsageStore> {
+        Some(self)
+    }
+
+    fn fast_lookup(&self, _: Seal) -> Option<&dyn FastLookup> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let mut usage = inner.usage();
@@ -373,6 +370,15 @@ impl KeyStore for MemoryStore {
             .into_iter()
             .map(|index| index.map(|index| usage.get(&index).cloned().unwrap_or_default()))
             .collect())
+    }
+}
+
+impl FastLookup for MemoryStore {
+    fn find_stored_now(&self, hash: &KeyHash) -> Option<Result<Option<StoredKeyRef>, StoreError>> {
+        let inner = &*self.inner;
+        // Before the lookup: see `SlabHandles::pick`.
+        let lease = inner.handles.pick();
+        Some(Ok(inner.find_hash(hash).map(|index| lease.entry(index))))
     }
 }
 
@@ -423,12 +429,10 @@ mod tests {
         let shared: Arc<dyn KeyStore> = Arc::new(store.clone());
         let boxed: Box<dyn KeyStore> = Box::new(store.clone());
         for wrapped in [&shared as &dyn KeyStore, &boxed as &dyn KeyStore] {
-            let found = wrapped.find_by_hash_now(&stored.hash);
-            assert!(
-                matches!(found, Some(Ok(Some(ref r))) if r.id == stored.id),
-                "a wrapped store must keep answering without a future"
-            );
-            let entry = wrapped.find_stored_now(&stored.hash);
+            let entry = wrapped
+                .fast_lookup(Seal::new())
+                .expect("a wrapped store must keep answering without a future")
+                .find_stored_now(&stored.hash);
             assert!(matches!(entry, Some(Ok(Some(ref e))) if e.id() == stored.id));
         }
     }
@@ -533,8 +537,8 @@ mod tests {
         assert!(slots >= 5_000 / 3 * 4, "at most three quarters full");
         for r in &records {
             assert_eq!(store.get(&r.id).await.unwrap().as_ref(), Some(r));
-            let found = store.find_by_hash_now(&r.hash).unwrap().unwrap().unwrap();
-            assert_eq!(found.id, r.id);
+            let found = store.find_stored_now(&r.hash).unwrap().unwrap().unwrap();
+            assert_eq!(found.id(), r.id);
         }
         assert!(store.get(&KeyId::from_u128(5_001)).await.unwrap().is_none());
         assert!(store
