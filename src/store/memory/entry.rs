@@ -634,8 +634,10 @@ pub(super) mod tests {
             created_at: SystemTime::now(),
         }));
         let shared = StoredKeyRef::from(Arc::clone(&stored));
-        let mut rename = StoreUpdate::default();
-        rename.name = Some("Production - Main Website".into());
+        let rename = StoreUpdate {
+            name: Some("Production - Main Website".into()),
+            ..StoreUpdate::default()
+        };
         assert_eq!(stored.update(&rename).name, "Production - Main Website");
         assert_eq!(shared.record().name, "Production - Main Website");
         let revoked = stored.revoke(SystemTime::now());
