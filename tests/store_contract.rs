@@ -10,11 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use support::{FaultyStore, Op};
 use tm_auth::store::{MemoryUsageStore, StoreUpdate, UsageDelta, UsageTotals};
 use tm_auth::{
     InProcessRateLimiter, KeyHash, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError,
     MemoryStore, NewKey, RateLimit, RateLimitStatus, RateLimiter, StoreError, UsageStore,
 };
+
+mod support;
 
 /// Six methods over a map, counting its lookups; keeps no usage.
 #[derive(Default)]
@@ -124,47 +127,10 @@ async fn six_methods_are_a_whole_store() {
 
 #[tokio::test]
 async fn a_wrapper_is_always_asked_never_bypassed() {
-    // A user's store that wraps the crate's in-memory store: the crate's
-    // fast path must not skip the wrapper's own `find_by_hash`.
-    struct Wrapper {
-        inner: MemoryStore,
-        lookups: AtomicUsize,
-    }
-    #[async_trait]
-    impl KeyStore for Wrapper {
-        async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
-            self.inner.insert(record).await
-        }
-        async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-            self.lookups.fetch_add(1, Ordering::SeqCst);
-            self.inner.find_by_hash(hash).await
-        }
-        async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-            self.inner.get(id).await
-        }
-        async fn list_by_owner(&self, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
-            self.inner.list_by_owner(owner).await
-        }
-        async fn update(
-            &self,
-            id: &KeyId,
-            update: &StoreUpdate,
-        ) -> Result<Option<KeyRecord>, StoreError> {
-            self.inner.update(id, update).await
-        }
-        async fn revoke(
-            &self,
-            id: &KeyId,
-            at: SystemTime,
-        ) -> Result<Option<KeyRecord>, StoreError> {
-            self.inner.revoke(id, at).await
-        }
-    }
-    let store = Arc::new(Wrapper {
-        inner: MemoryStore::new(),
-        lookups: AtomicUsize::new(0),
-    });
-    let manager = KeyManager::new(Arc::clone(&store) as Arc<dyn KeyStore>);
+    // A user's store that wraps the crate's in-memory store and counts its
+    // calls: the crate's fast path must not skip its `find_by_hash`.
+    let store = FaultyStore::new();
+    let manager = KeyManager::new(Arc::new(store.clone()) as Arc<dyn KeyStore>);
     let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
     for _ in 0..5 {
         manager
@@ -172,7 +138,7 @@ async fn a_wrapper_is_always_asked_never_bypassed() {
             .await
             .unwrap();
     }
-    assert_eq!(store.lookups.load(Ordering::SeqCst), 5);
+    assert_eq!(store.calls(Op::Find), 5);
 }
 
 /// Counts batches, to see where the manager sends usage.

@@ -71,6 +71,17 @@ impl fmt::Display for Failures {
 
 impl std::error::Error for Failures {}
 
+impl Failures {
+    /// `Ok` when nothing failed.
+    fn outcome(failures: Vec<Failure>) -> Result<(), Failures> {
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Failures(failures))
+        }
+    }
+}
+
 type Outcome = Result<(), String>;
 
 macro_rules! ensure {
@@ -839,11 +850,7 @@ where
             problem,
         });
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Failures(failures))
-    }
+    Failures::outcome(failures)
 }
 
 /// Runs the usage checks against a [`UsageStore`] kept apart from any key
@@ -881,9 +888,5 @@ where
     }
     check!(usage_adds_up);
     check!(usage_batch_agrees_with_usage);
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(Failures(failures))
-    }
+    Failures::outcome(failures)
 }
