@@ -15,7 +15,7 @@ use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::manager::KeyManager;
 use crate::rate_limit::{RateLimit, RateLimitStatus};
 use crate::record::KeyRecord;
-use crate::store::fast::Seal;
+use crate::store::memory::fast::Seal;
 use crate::store::memory::Entry;
 use crate::store::memory::StoredKeyRef;
 use crate::store::StoreError;

@@ -16,11 +16,12 @@ use crate::limits::{KeyLimits, OwnerLocks};
 use crate::page::{KeyPage, Page, MAX_PAGE};
 use crate::rate_limit::{InProcessRateLimiter, RateLimiter};
 use crate::record::{validate_name, validate_owner, KeyRecord, KeyStatus, KeyUpdate, NewKey};
-use crate::store::usage::KeyStoreUsage;
 use crate::store::{KeyStore, MemoryUsageStore, StoreError, StoreUpdate, UsageStore};
 use crate::usage::{Dispatcher, Tracker, UsageConfig};
 
 mod usage;
+
+use usage::KeyStoreUsage;
 
 /// How long a store call may take before it counts as a failure, unless
 /// configured otherwise.

@@ -8,7 +8,11 @@ use std::time::Duration;
 use super::KeyManager;
 use crate::error::ManagerError;
 use crate::key::KeyId;
-use crate::store::{StoreError, UsageTotals};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::store::{KeyStore, StoreError, UsageDelta, UsageStore, UsageTotals};
 use crate::usage::{KeyUsage, NoRuntime, UsageSample, UsageTask};
 
 impl KeyManager {
@@ -123,5 +127,32 @@ impl KeyManager {
             stop: Some(stop),
             handle,
         })
+    }
+}
+
+/// The usage store a key store keeps beside its keys
+/// ([`KeyStore::usage_store`]), held through the key store.
+pub(super) struct KeyStoreUsage(pub(super) Arc<dyn KeyStore>);
+
+impl KeyStoreUsage {
+    fn get(&self) -> Result<&dyn UsageStore, StoreError> {
+        self.0
+            .usage_store()
+            .ok_or_else(|| StoreError::backend("the key store no longer keeps usage"))
+    }
+}
+
+#[async_trait]
+impl UsageStore for KeyStoreUsage {
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        self.get()?.record_usage(batch).await
+    }
+
+    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
+        self.get()?.usage(id).await
+    }
+
+    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
+        self.get()?.usage_batch(ids).await
     }
 }

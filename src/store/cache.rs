@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
-use super::fast::{FastLookup, Seal};
+use super::memory::fast::{FastLookup, Seal};
 use super::memory::{StoredKey, StoredKeyRef};
 use super::{KeyStore, StoreError, StoreUpdate, UsageStore};
 use crate::key::KeyHash;

@@ -36,7 +36,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::fast::Seal;
+use super::memory::fast::Seal;
 use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageStore};
 use crate::key::KeyId;
 use crate::key::{Environment, TmKey};

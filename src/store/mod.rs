@@ -23,7 +23,6 @@ pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod counters;
-pub(crate) mod fast;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -31,12 +30,12 @@ pub mod postgres;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-pub(crate) mod usage;
+mod usage;
 
 pub use memory::MemoryStore;
 pub use usage::{MemoryUsageStore, Rejections, UsageDelta, UsageStore, UsageTotals};
 
-use fast::{FastLookup, Seal};
+use memory::fast::{FastLookup, Seal};
 
 /// A store failed. Management calls report it as
 /// [`ManagerError::Store`](crate::ManagerError::Store); verification answers
@@ -255,7 +254,7 @@ pub trait KeyStore: Send + Sync + 'static {
         None
     }
 
-    /// The crate's own fast path (see the `fast` module): sealed, and
+    /// The crate's own fast path (see `store::memory::fast`): sealed, and
     /// answered only by the crate's in-memory stores and caches.
     #[doc(hidden)]
     fn fast_lookup(&self, seal: Seal) -> Option<&dyn FastLookup> {

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{KeyStore, StoreError};
+use super::StoreError;
 use crate::key::KeyId;
 
 /// Requests rejected for a real key, by reason.
@@ -243,32 +243,5 @@ impl UsageStore for MemoryUsageStore {
     async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
         let totals = self.totals();
         Ok(ids.iter().map(|id| totals.get(id).cloned()).collect())
-    }
-}
-
-/// The usage store a key store keeps beside its keys
-/// ([`KeyStore::usage_store`]), held through the key store.
-pub(crate) struct KeyStoreUsage(pub(crate) Arc<dyn KeyStore>);
-
-impl KeyStoreUsage {
-    fn get(&self) -> Result<&dyn UsageStore, StoreError> {
-        self.0
-            .usage_store()
-            .ok_or_else(|| StoreError::backend("the key store no longer keeps usage"))
-    }
-}
-
-#[async_trait]
-impl UsageStore for KeyStoreUsage {
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        self.get()?.record_usage(batch).await
-    }
-
-    async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
-        self.get()?.usage(id).await
-    }
-
-    async fn usage_batch(&self, ids: &[KeyId]) -> Result<Vec<Option<UsageTotals>>, StoreError> {
-        self.get()?.usage_batch(ids).await
     }
 }

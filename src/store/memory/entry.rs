@@ -19,7 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use ipnetwork::IpNetwork;
 
-use super::slab::SlabHandle;
 use crate::clock::{moved_by, nanos_between};
 use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint};
@@ -93,7 +92,7 @@ impl Hot {
         self.flags.store(flags, Ordering::Relaxed);
     }
 
-    fn hash(&self) -> KeyHash {
+    pub(super) fn hash(&self) -> KeyHash {
         KeyHash::from_words(std::array::from_fn(|i| {
             self.hash[i].load(Ordering::Relaxed)
         }))
@@ -265,7 +264,7 @@ impl<'a> Entry<'a> {
         &self.cold().owner
     }
 
-    fn name(self) -> String {
+    pub(super) fn name(self) -> String {
         self.cold().lock().as_str().to_owned()
     }
 
@@ -296,12 +295,12 @@ impl<'a> Entry<'a> {
         self.hot.revoked_ns.load(Ordering::SeqCst) != NOT_REVOKED
     }
 
-    fn revoked_at(self) -> Option<SystemTime> {
+    pub(super) fn revoked_at(self) -> Option<SystemTime> {
         let ns = self.hot.revoked_ns.load(Ordering::SeqCst);
         (ns != NOT_REVOKED).then(|| from_nanos(ns))
     }
 
-    fn expires_at(self) -> Option<SystemTime> {
+    pub(super) fn expires_at(self) -> Option<SystemTime> {
         let ns = self.hot.expires_ns.load(Ordering::SeqCst);
         (ns != NEVER).then(|| from_nanos(ns))
     }
@@ -442,7 +441,7 @@ impl<'a> Entry<'a> {
 ///
 /// [`MemoryStore`](crate::MemoryStore) and the verification cache keep
 /// their keys this way and hand them to verification through the sealed
-/// fast path (`store::fast`), so the manager counts usage in the keys
+/// fast path (`store::memory::fast`), so the manager counts usage in the keys
 /// themselves instead of looking each one up in a map of its own.
 pub struct StoredKey {
     hot: Hot,
@@ -458,7 +457,7 @@ impl StoredKey {
         StoredKey { hot, cold }
     }
 
-    fn entry(&self) -> Entry<'_> {
+    pub(super) fn entry(&self) -> Entry<'_> {
         Entry {
             hot: &self.hot,
             cold: ColdAt::Here(&self.cold),
@@ -561,7 +560,8 @@ macro_rules! reads {
 }
 
 reads!(StoredKey);
-reads!(StoredKeyRef);
+
+pub(super) use reads;
 
 impl From<KeyRecord> for StoredKey {
     fn from(record: KeyRecord) -> StoredKey {
@@ -569,51 +569,11 @@ impl From<KeyRecord> for StoredKey {
     }
 }
 
-/// A shared handle on a stored key: what
-/// [`KeyStore::find_stored_now`](crate::KeyStore::find_stored_now) answers.
-///
-/// Made from an `Arc<StoredKey>` (`StoredKeyRef::from(arc)`), or by
-/// [`MemoryStore`](crate::MemoryStore) for the keys it keeps side by side.
-/// Cloning it is one atomic increment, on a counter the cloning thread
-/// rarely shares with another.
-#[derive(Clone)]
-pub struct StoredKeyRef(pub(super) Repr);
-
-#[derive(Clone)]
-pub(super) enum Repr {
-    Shared(Arc<StoredKey>),
-    Slab { handle: Arc<SlabHandle>, index: u32 },
-}
-
-impl From<Arc<StoredKey>> for StoredKeyRef {
-    fn from(stored: Arc<StoredKey>) -> StoredKeyRef {
-        StoredKeyRef(Repr::Shared(stored))
-    }
-}
-
-impl StoredKeyRef {
-    /// Both parts of the key, found.
-    pub(crate) fn entry(&self) -> Entry<'_> {
-        match &self.0 {
-            Repr::Shared(stored) => stored.entry(),
-            Repr::Slab { handle, index } => handle.slab.entry(*index),
-        }
-    }
-
-    /// Whether nothing but this handle can reach the key any more (a cache
-    /// dropped it): its counters can no longer change.
-    pub(crate) fn is_unreachable(&self) -> bool {
-        match &self.0 {
-            Repr::Shared(stored) => Arc::strong_count(stored) == 1,
-            Repr::Slab { .. } => false,
-        }
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use std::time::Duration;
 
+    use super::super::fast::StoredKeyRef;
     use super::super::slab::Slab;
     use super::*;
 

@@ -9,16 +9,18 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
 mod entry;
+pub(crate) mod fast;
 mod index;
 mod slab;
 
-use super::fast::{FastLookup, Seal};
 use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageStore, UsageTotals};
 use crate::key::KeyHash;
 use crate::key::KeyId;
 use crate::record::KeyRecord;
 pub(crate) use entry::Entry;
-pub(crate) use entry::{StoredKey, StoredKeyRef};
+pub(crate) use entry::StoredKey;
+pub(crate) use fast::StoredKeyRef;
+use fast::{FastLookup, Seal};
 use index::{hash_slot, id_slot, Index, MIN_SLOTS};
 use slab::{Slab, SlabHandles};
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::entry::{AlignedHot, Cold, ColdAt, Entry, Hot, Repr, StoredKeyRef};
+use super::entry::{AlignedHot, Cold, ColdAt, Entry, Hot};
 use crate::record::KeyRecord;
 
 /// How many keys' hot parts one allocation holds (512 KiB).
@@ -120,12 +120,9 @@ impl SlabHandles {
 pub(crate) struct SlabLease(Arc<SlabHandle>);
 
 impl SlabLease {
-    /// A reference to the key at `index`, which must have been pushed.
-    pub(crate) fn entry(self, index: u32) -> StoredKeyRef {
-        StoredKeyRef(Repr::Slab {
-            handle: self.0,
-            index,
-        })
+    /// The handle, to refer to a key the lookup found.
+    pub(super) fn handle(self) -> Arc<SlabHandle> {
+        self.0
     }
 }
 
@@ -142,6 +139,7 @@ fn thread_number() -> usize {
 mod tests {
     use super::super::entry::tests::record;
     use super::super::entry::StoredKey;
+    use super::super::fast::StoredKeyRef;
     use super::*;
 
     #[test]
