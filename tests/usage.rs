@@ -697,3 +697,28 @@ fn a_rate_limit_read_from_json_is_checked_like_a_new_one() {
         assert!(serde_json::from_str::<RateLimit>(bad).is_err(), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn the_builders_observer_is_told_whatever_order_usage_is_set_in() {
+    for observer_first in [true, false] {
+        let (send, events) = mpsc::channel();
+        let recorder = Recorder(std::sync::Mutex::new(send));
+        let config = UsageConfig::new().history(Duration::from_secs(3600));
+        let builder = KeyManager::builder(MemoryStore::new());
+        let manager = if observer_first {
+            builder.observer(recorder).usage(config).build()
+        } else {
+            builder.usage(config).observer(recorder).build()
+        };
+        let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+        manager
+            .verify(created.key.expose_secret(), ip("203.0.113.5"))
+            .await
+            .unwrap();
+        assert_eq!(
+            drain(&events, 1),
+            vec!["ip 203.0.113.5"],
+            "observer set first: {observer_first}"
+        );
+    }
+}

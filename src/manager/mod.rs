@@ -17,7 +17,7 @@ use crate::page::{KeyPage, Page, MAX_PAGE};
 use crate::rate_limit::{InProcessRateLimiter, RateLimiter};
 use crate::record::{validate_name, validate_owner, KeyRecord, KeyStatus, KeyUpdate, NewKey};
 use crate::store::{KeyStore, MemoryUsageStore, StoreError, StoreUpdate, UsageStore};
-use crate::usage::{Dispatcher, Tracker, UsageConfig};
+use crate::usage::{Dispatcher, Tracker, UsageConfig, UsageObserver};
 
 mod usage;
 
@@ -116,6 +116,7 @@ impl fmt::Debug for KeyManager {
 pub struct KeyManagerBuilder {
     store: Arc<dyn KeyStore>,
     usage: UsageConfig,
+    observer: Option<Arc<dyn UsageObserver>>,
     usage_store: Option<Arc<dyn UsageStore>>,
     clock: Arc<dyn Clock>,
     store_timeout: Duration,
@@ -140,6 +141,14 @@ impl KeyManagerBuilder {
     /// never slows requests.
     pub fn usage(mut self, config: UsageConfig) -> KeyManagerBuilder {
         self.usage = config;
+        self
+    }
+
+    /// Tells `observer` of spikes and of keys used from a new address (see
+    /// [`UsageConfig::observer`]), whatever usage config is set before or
+    /// after: this observer takes the place of the config's own.
+    pub fn observer(mut self, observer: impl UsageObserver) -> KeyManagerBuilder {
+        self.observer = Some(Arc::new(observer));
         self
     }
 
@@ -181,7 +190,10 @@ impl KeyManagerBuilder {
     }
 
     /// The manager.
-    pub fn build(self) -> KeyManager {
+    pub fn build(mut self) -> KeyManager {
+        if let Some(observer) = self.observer {
+            self.usage.observer = Some(observer);
+        }
         let tracker = Tracker::new(self.usage);
         spawn_observer(&tracker);
         let usage_store: Arc<dyn UsageStore> = match self.usage_store {
@@ -243,6 +255,7 @@ impl KeyManager {
         KeyManagerBuilder {
             store: Arc::new(store),
             usage: UsageConfig::default(),
+            observer: None,
             usage_store: None,
             clock: Arc::new(SystemClock),
             store_timeout: DEFAULT_STORE_TIMEOUT,

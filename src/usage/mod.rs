@@ -113,10 +113,11 @@ impl UsageConfig {
     }
 
     /// Tells `observer` of spikes and of keys used from a new address.
-    /// Events are delivered by the task
-    /// [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task)
-    /// starts, never on the request path; when the observer falls behind,
-    /// events are dropped (and counted) rather than slowing requests.
+    /// Events are delivered on a thread of their own
+    /// (`tm-auth-usage-observer`), never on the request path; when the
+    /// observer falls behind, events are dropped (and counted, see
+    /// [`KeyManager::dropped_usage_events`](crate::KeyManager::dropped_usage_events))
+    /// rather than slowing requests.
     pub fn observer(mut self, observer: impl UsageObserver) -> UsageConfig {
         self.observer = Some(Arc::new(observer));
         self
