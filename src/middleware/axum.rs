@@ -2,17 +2,21 @@
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::request::Parts;
+use http::StatusCode;
 
-use crate::error::AuthError;
 use crate::verify::AuthenticatedKey;
 
 /// Extracts the key [`ApiKeyLayer`](crate::ApiKeyLayer) authenticated.
 ///
-/// Without the layer in front of the handler there is no key, and the
-/// rejection is the layer's own JSON 401 `missing_api_key` (fail closed);
-/// the missing layer is logged as an error. Use `Option<AuthenticatedKey>`
-/// on routes where authentication is optional.
+/// Without the layer in front of the handler there is no key: that is the
+/// server's mistake, not the caller's (who may well have sent a valid key),
+/// so the rejection is a 500 whose JSON body says the server is
+/// misconfigured (`code: "server_misconfigured"`), as axum's own
+/// `Extension` answers a missing extension, and the route is logged at
+/// error level. Nothing is let through. Use `Option<AuthenticatedKey>` on
+/// routes where authentication is optional.
 ///
 /// ```
 /// use tm_auth::AuthenticatedKey;
@@ -32,14 +36,25 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthenticatedKey {
             None => {
                 tracing::error!(
                     path = %parts.uri.path(),
-                    "AuthenticatedKey extractor used on a route without ApiKeyLayer; answering 401"
+                    "AuthenticatedKey extractor used on a route ApiKeyLayer does not cover \
+                     (add the layer with Router::layer or Router::route_layer); answering 500"
                 );
-                Err(AuthError::MissingApiKey { misplaced: None }
-                    .to_response()
-                    .into_response())
+                Err(misconfigured())
             }
         }
     }
+}
+
+/// The 500 for a route the layer does not cover.
+fn misconfigured() -> Response {
+    const BODY: &str = "{\"error\":\"Server misconfigured\",\"code\":\"server_misconfigured\",\
+        \"hint\":\"The server reads the API key's identity on a route its authentication layer \
+        does not cover. This is not a problem with your key; contact the API's operator.\"}";
+    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, BODY).into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 impl<S: Send + Sync> OptionalFromRequestParts<S> for AuthenticatedKey {
@@ -95,7 +110,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_the_layer_the_extractor_fails_closed_with_the_same_json() {
+    async fn without_the_layer_the_extractor_answers_500_server_misconfigured() {
         let app = Router::new()
             .route("/", get(name))
             .route("/maybe", get(maybe));
@@ -104,12 +119,17 @@ mod tests {
             .oneshot(Request::get("/").body(Body::empty()).unwrap())
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert!(response.headers().contains_key("www-authenticate"));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert!(!response.headers().contains_key("www-authenticate"));
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["code"], "missing_api_key");
-        assert_eq!(json["error"], "Invalid API key");
+        assert_eq!(json["code"], "server_misconfigured");
+        assert_eq!(json["error"], "Server misconfigured");
+        assert!(json["hint"]
+            .as_str()
+            .unwrap()
+            .contains("not a problem with your key"));
         let response = app
             .oneshot(Request::get("/maybe").body(Body::empty()).unwrap())
             .await

@@ -35,7 +35,8 @@ pub const MAX_HOPS: usize = 32;
 
 /// The TCP peer of a request. Servers built on hyper insert it into each
 /// request's extensions (see the `hyper_server` example); with the `axum`
-/// feature, axum's `ConnectInfo<SocketAddr>` is read as well.
+/// feature, axum's `ConnectInfo<SocketAddr>` is read as well, and with the
+/// `tonic` feature, tonic's `TcpConnectInfo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 

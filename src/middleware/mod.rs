@@ -23,6 +23,7 @@ use crate::rate_limit::RateLimitStatus;
 use crate::verify::VerifyOptions;
 
 pub mod client_ip;
+mod grpc;
 mod response;
 
 #[cfg(feature = "axum")]
@@ -220,6 +221,12 @@ impl<S> ApiKeyService<S> {
                 .get::<::axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0)
         });
+        #[cfg(feature = "tonic")]
+        let peer = peer.or_else(|| {
+            extensions
+                .get::<::tonic::transport::server::TcpConnectInfo>()
+                .and_then(|c| c.remote_addr())
+        });
         let config = &*self.config;
         match client_ip::resolve_peer(
             peer.map(|p| p.ip()),
@@ -339,18 +346,26 @@ where
 /// Logs a rejection (its code and reason, never the key) and builds its
 /// response. A client address inside the trusted-proxy networks is an
 /// internal one: the response never quotes it.
+/// A gRPC request (`content-type: application/grpc…`) is answered the gRPC
+/// way (see [`grpc`]).
 fn rejected(err: &AuthError, config: &Config, headers: http::HeaderMap) -> Response<Full<Bytes>> {
     tracing::debug!(code = err.code(), reason = %err, "API key rejected");
-    if let AuthError::IpNotAllowed {
-        client_ip: Some(ip),
-    } = err
-    {
-        if crate::net::in_networks(&config.trusted_proxies, *ip) {
-            let internal = AuthError::IpNotAllowed { client_ip: None };
-            return internal.response_with(&config.realm, headers);
+    let answer = grpc::Answer::for_request(&headers);
+    let internal;
+    let err = match err {
+        AuthError::IpNotAllowed {
+            client_ip: Some(ip),
+        } if crate::net::in_networks(&config.trusted_proxies, *ip) => {
+            internal = AuthError::IpNotAllowed { client_ip: None };
+            &internal
         }
+        err => err,
+    };
+    let response = err.response_with(&config.realm, headers);
+    match answer {
+        grpc::Answer::Http => response,
+        grpc::Answer::Grpc(content_type) => err.grpc_from(response, content_type),
     }
-    err.response_with(&config.realm, headers)
 }
 
 /// Records the key id on the current span (if it declares `key_id`) and logs
