@@ -59,6 +59,15 @@ async fn call(
         .connect()
         .await
         .unwrap();
+    send(channel, authorization, extra).await
+}
+
+/// One `SayHello` call on `channel`.
+async fn send(
+    channel: tonic::transport::Channel,
+    authorization: Option<&str>,
+    extra: &[(&'static str, &str)],
+) -> Result<String, Status> {
     let mut request = tonic::Request::new(HelloRequest {
         name: "grpc".to_owned(),
     });
@@ -252,6 +261,63 @@ async fn a_store_that_fails_is_unavailable() {
         Code::Unavailable,
         "key_store_unavailable",
         "Service unavailable",
+    );
+}
+
+/// A tonic server that terminates TLS: IP rules see the peer there too
+/// (tonic inserts its `TcpConnectInfo` beside `TlsConnectInfo`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_ip_rules_see_the_peer_too() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+    // Made per run: no private key is kept in the repository.
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (made.cert.pem(), made.signing_key.serialize_pem());
+    let manager = KeyManager::new(MemoryStore::new());
+    let local = manager
+        .create(NewKey::new("acct", "Local").allowed_ips(["127.0.0.1/32".parse().unwrap()]))
+        .await
+        .unwrap();
+    let office = manager
+        .create(NewKey::new("acct", "Office").allowed_ips(["203.0.113.0/24".parse().unwrap()]))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let greeter = GreeterServer::new(|request| {
+        Ok(Response::new(HelloReply {
+            message: format!("{} over TLS", request.get_ref().name),
+        }))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&cert, &key)))
+            .unwrap()
+            .layer(ApiKeyLayer::new(manager))
+            .add_service(greeter)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&cert))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(
+        send(channel.clone(), Some(&bearer(&local)), &[])
+            .await
+            .unwrap(),
+        "grpc over TLS"
+    );
+    refused(
+        send(channel, Some(&bearer(&office)), &[]).await,
+        Code::PermissionDenied,
+        "ip_not_allowed",
+        "IP address not allowed",
     );
 }
 

@@ -221,6 +221,8 @@ impl<S> ApiKeyService<S> {
                 .get::<::axum::extract::ConnectInfo<std::net::SocketAddr>>()
                 .map(|c| c.0)
         });
+        // On a TLS server tonic inserts the TCP connect info beside its
+        // `TlsConnectInfo`, so this reads the peer there too.
         #[cfg(feature = "tonic")]
         let peer = peer.or_else(|| {
             extensions
