@@ -139,4 +139,41 @@ mod tests {
             "anonymous"
         );
     }
+
+    #[tokio::test]
+    async fn route_layer_leaves_later_routes_public_and_unknown_paths_404() {
+        let manager = KeyManager::new(MemoryStore::new());
+        let created = manager.create(NewKey::new("acct", "Main")).await.unwrap();
+        let app = Router::new()
+            .route("/v1/verify", get(name))
+            .route_layer(ApiKeyLayer::new(manager.clone()))
+            .route("/health", get(|| async { "ok" }));
+        let status = |path: &'static str, key: Option<String>| {
+            let app = app.clone();
+            async move {
+                let mut request = Request::get(path);
+                if let Some(key) = key {
+                    request = request.header("authorization", format!("Bearer {key}"));
+                }
+                app.oneshot(request.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        };
+        let key = || Some(created.key.expose_secret().to_owned());
+        assert_eq!(status("/health", None).await, StatusCode::OK);
+        assert_eq!(status("/v1/verify", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status("/v1/verify", key()).await, StatusCode::OK);
+        assert_eq!(status("/nope", None).await, StatusCode::NOT_FOUND);
+        // `.layer` on the whole router runs for unmatched paths as well.
+        let whole = Router::new()
+            .route("/v1/verify", get(name))
+            .layer(ApiKeyLayer::new(manager));
+        let response = whole
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
 }
