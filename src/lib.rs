@@ -100,8 +100,8 @@ pub use middleware::{
 };
 pub use page::{KeyPage, Page, MAX_PAGE};
 pub use rate_limit::{
-    InProcessRateLimiter, InvalidRateLimit, RateLimit, RateLimitStatus, RateLimiter,
-    RATE_LIMIT_WINDOWS,
+    Admission, AdmissionFuture, InProcessRateLimiter, InvalidRateLimit, RateLimit, RateLimitStatus,
+    RateLimiter, RATE_LIMIT_WINDOWS,
 };
 pub use record::{KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_TEXT_LEN};
 pub use store::{KeyStore, MemoryStore, StoreError, UsageStore};

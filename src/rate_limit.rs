@@ -7,8 +7,11 @@
 //! cache entry refilled after an eviction, a record from a store that must
 //! be waited on): so a limit is exact within one process for every store.
 
+use std::fmt;
+use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -194,6 +197,18 @@ pub struct RateLimitStatus {
     pub reset: Duration,
 }
 
+impl RateLimitStatus {
+    /// `remaining` of `limit` requests left in a window that ends in `reset`:
+    /// what a [`RateLimiter`] answers for a request it lets in.
+    pub fn new(limit: u32, remaining: u32, reset: Duration) -> RateLimitStatus {
+        RateLimitStatus {
+            limit,
+            remaining,
+            reset,
+        }
+    }
+}
+
 /// The IETF draft's `RateLimit-Limit`, `RateLimit-Remaining` and
 /// `RateLimit-Reset` (seconds until the window ends).
 pub(crate) fn set_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Duration) {
@@ -244,24 +259,59 @@ impl Window {
     }
 }
 
+/// A [`RateLimiter`]'s answer for one request.
+pub enum Admission {
+    /// Decided at once: let in, with where the key now stands in its
+    /// window; or refused, with how long until the window has room.
+    Now(Result<RateLimitStatus, Duration>),
+    /// To be decided by a future: a limiter shared by several servers that
+    /// holds no quota for the key right now asks for some. The request
+    /// waits for it; a refused request uses no quota either way.
+    Later(AdmissionFuture),
+}
+
+/// The future of an [`Admission::Later`].
+pub type AdmissionFuture =
+    Pin<Box<dyn Future<Output = Result<RateLimitStatus, Duration>> + Send + 'static>>;
+
+impl Admission {
+    /// Waits for the answer, if it is not known already.
+    pub async fn decided(self) -> Result<RateLimitStatus, Duration> {
+        match self {
+            Admission::Now(answer) => answer,
+            Admission::Later(future) => future.await,
+        }
+    }
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Admission::Now(answer) => f.debug_tuple("Now").field(answer).finish(),
+            Admission::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
 /// Decides whether a request of a rate-limited key is let in: the limiter
 /// a [`KeyManager`](crate::KeyManager) admits requests with.
 ///
 /// [`InProcessRateLimiter`] is the default; a limiter shared by several
 /// servers implements this trait too and is set with
 /// [`KeyManagerBuilder::rate_limiter`](crate::KeyManagerBuilder::rate_limiter).
-/// `admit` runs on the request path after every other check has passed, so
-/// it must answer without waiting.
+/// `admit` runs on the request path after every other check has passed.
+/// It should answer [`Admission::Now`] whenever it can (a local token, a
+/// window known to be full); [`Admission::Later`] makes the request wait,
+/// so keep it for when quota must be fetched.
 pub trait RateLimiter: Send + Sync + 'static {
     /// Lets one request of key `id` in under `limit` at `now_ms`
-    /// (milliseconds since the Unix epoch by the manager's clock), answering
-    /// where the key now stands in its window; or refuses it, answering how
-    /// long until the window has room. A refused request uses no quota.
-    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration>;
+    /// (milliseconds since the Unix epoch by the manager's clock), or
+    /// refuses it; see [`Admission`].
+    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Admission;
 }
 
 impl<T: RateLimiter + ?Sized> RateLimiter for std::sync::Arc<T> {
-    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
+    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Admission {
         (**self).admit(id, limit, now_ms)
     }
 }
@@ -276,14 +326,14 @@ impl<T: RateLimiter + ?Sized> RateLimiter for std::sync::Arc<T> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tm_auth::{InProcessRateLimiter, KeyId, RateLimit, RateLimiter};
+/// use tm_auth::{InProcessRateLimiter, KeyId, RateLimit};
 ///
 /// let limiter = InProcessRateLimiter::new();
 /// let limit = RateLimit::per_minute(std::num::NonZeroU32::new(2).unwrap());
 /// let id = KeyId::generate();
-/// assert!(limiter.admit(id, limit, 60_000).is_ok());
-/// assert!(limiter.admit(id, limit, 60_001).is_ok());
-/// assert_eq!(limiter.admit(id, limit, 60_002), Err(Duration::from_millis(59_998)));
+/// assert!(limiter.take(id, limit, 60_000).is_ok());
+/// assert!(limiter.take(id, limit, 60_001).is_ok());
+/// assert_eq!(limiter.take(id, limit, 60_002), Err(Duration::from_millis(59_998)));
 /// ```
 pub struct InProcessRateLimiter {
     windows: papaya::HashMap<KeyId, Window, BuildHasherDefault<UniformHasher>>,
@@ -298,6 +348,23 @@ impl InProcessRateLimiter {
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
         }
+    }
+
+    /// Lets one request of key `id` in under `limit` at `now_ms`, or says
+    /// how long until the window has room: what [`admit`](RateLimiter::admit)
+    /// answers, always at once.
+    pub fn take(
+        &self,
+        id: KeyId,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> Result<RateLimitStatus, Duration> {
+        let guard = self.windows.guard();
+        let window = match self.windows.get(&id, &guard) {
+            Some(window) => window,
+            None => self.windows.get_or_insert_with(id, Window::default, &guard),
+        };
+        window.take(limit, now_ms)
     }
 }
 
@@ -316,13 +383,8 @@ impl std::fmt::Debug for InProcessRateLimiter {
 }
 
 impl RateLimiter for InProcessRateLimiter {
-    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
-        let guard = self.windows.guard();
-        let window = match self.windows.get(&id, &guard) {
-            Some(window) => window,
-            None => self.windows.get_or_insert_with(id, Window::default, &guard),
-        };
-        window.take(limit, now_ms)
+    fn admit(&self, id: KeyId, limit: RateLimit, now_ms: u64) -> Admission {
+        Admission::Now(self.take(id, limit, now_ms))
     }
 }
 

@@ -4,7 +4,9 @@
 //! [`AuthenticatedKey`], what a verification returns.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -13,7 +15,7 @@ use crate::error::AuthError;
 use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::manager::KeyManager;
-use crate::rate_limit::{RateLimit, RateLimitStatus};
+use crate::rate_limit::{Admission, AdmissionFuture, RateLimit, RateLimitStatus};
 use crate::record::KeyRecord;
 use crate::store::memory::fast::Seal;
 use crate::store::memory::Entry;
@@ -80,6 +82,25 @@ pub struct AuthenticatedKey {
 enum Found {
     Record(Arc<KeyRecord>),
     Stored(StoredKeyRef),
+}
+
+/// A verification as far as it goes without waiting on the store.
+pub(crate) enum Ready {
+    Done(Result<AuthenticatedKey, AuthError>),
+    /// Everything but the rate limiter's answer, which must be waited for.
+    Later(Pin<Box<dyn Future<Output = Result<AuthenticatedKey, AuthError>> + Send>>),
+}
+
+/// Where the checks after the lookup ended.
+enum Checked {
+    /// Passed, with where the key stands in its rate-limit window.
+    Done(Option<RateLimitStatus>),
+    /// Passed all but the rate limit, which the limiter decides later.
+    Later {
+        admission: AdmissionFuture,
+        now_ms: u64,
+        limit: u32,
+    },
 }
 
 /// What judging a key reads, from a record or from an in-memory entry.
@@ -228,7 +249,8 @@ impl KeyManager {
 
     /// [`verify_key`](KeyManager::verify_key) without waiting, when the store
     /// can answer from memory (a [`MemoryStore`](crate::MemoryStore), a warm
-    /// [`CachedStore`](crate::store::cache::CachedStore)); `None` otherwise.
+    /// [`CachedStore`](crate::store::cache::CachedStore)) and the rate
+    /// limiter at once; `None` when either must be waited on.
     pub fn verify_key_now(
         &self,
         key: &TmKey,
@@ -242,16 +264,23 @@ impl KeyManager {
         hash: &KeyHash,
         options: VerifyOptions,
     ) -> Result<AuthenticatedKey, AuthError> {
-        if let Some(verdict) = self.verify_hash_now(hash, options) {
-            return verdict;
+        let ready = match self.verify_hash_ready(hash, options) {
+            Some(ready) => ready,
+            None => {
+                // Boxed: the store's future, and the timer racing it, are
+                // large, and a future that carried them inline would cost
+                // every verification that never needs them a copy.
+                let found =
+                    Box::pin(self.bounded(options.timeout, self.store().find_by_hash(hash)))
+                        .await
+                        .map_err(AuthError::StoreUnavailable)?;
+                self.judge(hash, found.map(Found::Record), options)
+            }
+        };
+        match ready {
+            Ready::Done(verdict) => verdict,
+            Ready::Later(verdict) => verdict.await,
         }
-        // Boxed: the store's future, and the timer racing it, are large, and
-        // a future that carried them inline would cost every verification
-        // that never needs them a copy.
-        let found = Box::pin(self.bounded(options.timeout, self.store().find_by_hash(hash)))
-            .await
-            .map_err(AuthError::StoreUnavailable)?;
-        self.judge(hash, found.map(Found::Record), options)
     }
 
     /// The store's answer if it has one without waiting: its in-memory
@@ -269,54 +298,113 @@ impl KeyManager {
         hash: &KeyHash,
         options: VerifyOptions,
     ) -> Option<Result<AuthenticatedKey, AuthError>> {
-        let found = self.find_now(hash)?;
-        Some(
-            found
-                .map_err(AuthError::StoreUnavailable)
-                .and_then(|found| self.judge(hash, found, options)),
-        )
+        match self.verify_hash_ready(hash, options)? {
+            Ready::Done(verdict) => Some(verdict),
+            Ready::Later(_) => None,
+        }
+    }
+
+    /// As far as a verification goes without waiting on the store: `None`
+    /// when the store must be waited on.
+    pub(crate) fn verify_hash_ready(
+        &self,
+        hash: &KeyHash,
+        options: VerifyOptions,
+    ) -> Option<Ready> {
+        Some(match self.find_now(hash)? {
+            Ok(found) => self.judge(hash, found, options),
+            Err(err) => Ready::Done(Err(AuthError::StoreUnavailable(err))),
+        })
     }
 
     /// Everything after the lookup, in order: revoked, expired, environment,
     /// client IP, rate limit.
-    fn judge(
-        &self,
-        hash: &KeyHash,
-        found: Option<Found>,
-        options: VerifyOptions,
-    ) -> Result<AuthenticatedKey, AuthError> {
-        let record = found.ok_or(AuthError::UnknownKey)?;
+    fn judge(&self, hash: &KeyHash, found: Option<Found>, options: VerifyOptions) -> Ready {
+        let Some(record) = found else {
+            return Ready::Done(Err(AuthError::UnknownKey));
+        };
         // A store that answers with another key's record is treated as not
         // having found one.
-        let rate_limit = match &record {
+        let checked = match &record {
             Found::Record(stored) if stored.hash == *hash => {
-                self.check(&**stored, Subject::Record(stored), options)?
+                self.check(&**stored, Subject::Record(stored), options)
             }
             Found::Stored(handle) => {
                 // Found once: every check below reads the entry directly.
                 let entry = handle.entry();
                 if !entry.hot().hash_is(hash) {
-                    return Err(AuthError::UnknownKey);
+                    return Ready::Done(Err(AuthError::UnknownKey));
                 }
-                self.check(&entry, Subject::Entry { handle, entry }, options)?
+                self.check(&entry, Subject::Entry { handle, entry }, options)
             }
-            _ => return Err(AuthError::UnknownKey),
+            _ => return Ready::Done(Err(AuthError::UnknownKey)),
+        };
+        match checked {
+            Err(err) => Ready::Done(Err(err)),
+            Ok(Checked::Done(rate_limit)) => Ready::Done(Ok(AuthenticatedKey {
+                record,
+                name: OnceLock::new(),
+                rate_limit,
+            })),
+            Ok(Checked::Later {
+                admission,
+                now_ms,
+                limit,
+            }) => {
+                let manager = self.clone();
+                Ready::Later(Box::pin(async move {
+                    let decided = admission.await;
+                    manager.admitted(record, decided, now_ms, limit, options)
+                }))
+            }
+        }
+    }
+
+    /// The end of a verification whose rate limiter answered later: counts
+    /// the request as `check` would have.
+    fn admitted(
+        &self,
+        record: Found,
+        decided: Result<RateLimitStatus, Duration>,
+        now_ms: u64,
+        limit: u32,
+        options: VerifyOptions,
+    ) -> Result<AuthenticatedKey, AuthError> {
+        let rate_limit = {
+            let subject = match &record {
+                Found::Record(stored) => Subject::Record(stored),
+                Found::Stored(handle) => Subject::Entry {
+                    handle,
+                    entry: handle.entry(),
+                },
+            };
+            match decided {
+                Ok(status) => {
+                    self.tracker()
+                        .succeeded(subject, now_ms, options.client_ip, self.clock());
+                    status
+                }
+                Err(retry_after) => {
+                    self.tracker().rejected(subject, Rejection::RateLimited);
+                    return Err(AuthError::RateLimited { retry_after, limit });
+                }
+            }
         };
         Ok(AuthenticatedKey {
             record,
             name: OnceLock::new(),
-            rate_limit,
+            rate_limit: Some(rate_limit),
         })
     }
 
     /// The checks after the lookup; on success, where the key stands in its
-    /// rate-limit window.
+    /// rate-limit window, or the rate limiter's answer to wait for.
     fn check(
         &self,
         key: &impl Verdict,
         subject: Subject<'_>,
         options: VerifyOptions,
-    ) -> Result<Option<RateLimitStatus>, AuthError> {
+    ) -> Result<Checked, AuthError> {
         let usage = self.tracker();
         let refuse = |reason: Rejection, err: AuthError| {
             usage.rejected(subject, reason);
@@ -357,18 +445,26 @@ impl KeyManager {
         }
         let rate_limit = match limit {
             Some(limit) => match self.rate_limiter().admit(subject.id(), limit, now_ms) {
-                Ok(status) => Some(status),
-                Err(retry_after) => {
+                Admission::Now(Ok(status)) => Some(status),
+                Admission::Now(Err(retry_after)) => {
                     let err = AuthError::RateLimited {
                         retry_after,
                         limit: limit.requests(),
                     };
                     return refuse(Rejection::RateLimited, err);
                 }
+                // Counted when decided, by `admitted`.
+                Admission::Later(admission) => {
+                    return Ok(Checked::Later {
+                        admission,
+                        now_ms,
+                        limit: limit.requests(),
+                    })
+                }
             },
             None => None,
         };
         usage.succeeded(subject, now_ms, options.client_ip, clock);
-        Ok(rate_limit)
+        Ok(Checked::Done(rate_limit))
     }
 }

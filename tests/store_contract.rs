@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use support::{FaultyStore, Op};
 use tm_auth::store::{MemoryUsageStore, StoreUpdate, UsageDelta, UsageTotals};
 use tm_auth::{
-    InProcessRateLimiter, KeyHash, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError,
+    Admission, InProcessRateLimiter, KeyHash, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError,
     MemoryStore, NewKey, RateLimit, RateLimitStatus, RateLimiter, StoreError, UsageStore,
 };
 
@@ -198,8 +198,8 @@ async fn usage_goes_to_the_usage_store_the_builder_was_given() {
 struct Closed;
 
 impl RateLimiter for Closed {
-    fn admit(&self, _: KeyId, _: RateLimit, _: u64) -> Result<RateLimitStatus, Duration> {
-        Err(Duration::from_secs(42))
+    fn admit(&self, _: KeyId, _: RateLimit, _: u64) -> Admission {
+        Admission::Now(Err(Duration::from_secs(42)))
     }
 }
 
@@ -283,4 +283,88 @@ async fn in_memory_usage_is_kept_per_key() {
     }
     assert_eq!(totals[&a], Some(4));
     assert_eq!(totals[&b], None);
+}
+
+/// Decides every request later, as a limiter fetching quota from elsewhere
+/// would: after a short wait, the first `allowed` requests are let in.
+struct Remote {
+    allowed: u32,
+    asked: Arc<AtomicUsize>,
+}
+
+impl RateLimiter for Remote {
+    fn admit(&self, _: KeyId, limit: RateLimit, _: u64) -> Admission {
+        let asked = Arc::clone(&self.asked);
+        let allowed = self.allowed;
+        Admission::Later(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let seen = asked.fetch_add(1, Ordering::SeqCst) as u32;
+            if seen < allowed {
+                Ok(RateLimitStatus::new(
+                    limit.requests(),
+                    allowed - seen - 1,
+                    Duration::from_secs(60),
+                ))
+            } else {
+                Err(Duration::from_secs(7))
+            }
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_limiter_that_answers_later_is_waited_for() {
+    use http::{Request, Response, StatusCode};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let asked = Arc::new(AtomicUsize::new(0));
+    let manager = KeyManager::builder(MemoryStore::new())
+        .rate_limiter(Remote {
+            allowed: 2,
+            asked: Arc::clone(&asked),
+        })
+        .build();
+    let limit = RateLimit::per_hour(NonZeroU32::new(100).unwrap());
+    let created = manager
+        .create(NewKey::new("acct", "Remote").rate_limit(limit))
+        .await
+        .unwrap();
+    // Not decidable at once.
+    assert!(manager
+        .verify_key_now(&created.key, Default::default())
+        .is_none());
+    let who = manager
+        .verify(created.key.expose_secret(), None)
+        .await
+        .unwrap();
+    assert_eq!(who.rate_limit().map(|s| s.remaining), Some(1));
+    // Through the layer: the second is let in, the third refused with the
+    // limiter's wait; each admission was asked exactly once.
+    let layer = tm_auth::ApiKeyLayer::new(manager.clone());
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<String>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(String::from("in")))
+        });
+    let request = || {
+        Request::get("/")
+            .header(
+                "authorization",
+                format!("Bearer {}", created.key.expose_secret()),
+            )
+            .body(String::new())
+            .unwrap()
+    };
+    let first = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["ratelimit-limit"], "100");
+    let refused = service.oneshot(request()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "7");
+    // The answer `verify_key_now` dropped was never waited for: it spent
+    // nothing.
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+    let usage = manager.usage(&created.record.id).await.unwrap();
+    assert_eq!(usage.requests, 2);
+    assert_eq!(usage.rejections.rate_limited, 1);
 }

@@ -20,7 +20,7 @@ use crate::header::key_hash;
 use crate::key::Environment;
 use crate::manager::KeyManager;
 use crate::rate_limit::RateLimitStatus;
-use crate::verify::VerifyOptions;
+use crate::verify::{Ready, VerifyOptions};
 
 pub mod client_ip;
 mod grpc;
@@ -302,22 +302,23 @@ where
         }
         // A store that answers at once (the in-memory one, a warm cache) needs
         // no boxed future: the inner service is called right here.
-        if let Some(verdict) = self.config.manager.verify_hash_now(&hash, options) {
-            return match verdict {
-                Ok(who) => {
-                    accepted(&who);
-                    let rate_limit = who.rate_limit();
-                    request.extensions_mut().insert(who);
-                    ResponseFuture {
-                        state: State::Inner {
-                            future: self.inner.call(request),
-                            rate_limit,
-                        },
-                    }
-                }
-                Err(err) => self.reject(err, request),
-            };
-        }
+        let later = match self.config.manager.verify_hash_ready(&hash, options) {
+            Some(Ready::Done(Ok(who))) => {
+                accepted(&who);
+                let rate_limit = who.rate_limit();
+                request.extensions_mut().insert(who);
+                return ResponseFuture {
+                    state: State::Inner {
+                        future: self.inner.call(request),
+                        rate_limit,
+                    },
+                };
+            }
+            Some(Ready::Done(Err(err))) => return self.reject(err, request),
+            // Found at once, but the rate limiter must be waited on.
+            Some(Ready::Later(verdict)) => Some(verdict),
+            None => None,
+        };
         // The inner service was made ready by `poll_ready`; keep that one and
         // leave a fresh clone behind for the next call.
         let clone = self.inner.clone();
@@ -326,7 +327,11 @@ where
         ResponseFuture {
             state: State::Verifying {
                 future: Box::pin(async move {
-                    match config.manager.verify_hash(&hash, options).await {
+                    let verdict = match later {
+                        Some(verdict) => verdict.await,
+                        None => config.manager.verify_hash(&hash, options).await,
+                    };
+                    match verdict {
                         Ok(who) => {
                             accepted(&who);
                             let rate_limit = who.rate_limit();
