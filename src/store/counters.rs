@@ -1,7 +1,7 @@
 //! The counters a request touches.
 //!
 //! [`Counters`] is one cache line of atomics. An in-memory store keeps one
-//! inline in every entry ([`StoredKey`](crate::store::StoredKey)), right
+//! inline in every entry (`store::memory::StoredKey`, and the slab's), right
 //! after the line a verification reads, so counting a request costs no
 //! memory access beyond the verification's own; any other key's counts go
 //! to a block of the usage tracker's. What is touched less than once a
