@@ -678,20 +678,7 @@ mod tests {
     }
 
     fn record() -> KeyRecord {
-        let key = TmKey::generate(Environment::Live);
-        KeyRecord {
-            id: KeyId::generate(),
-            owner: "acct".to_owned(),
-            name: "Main".to_owned(),
-            environment: Environment::Live,
-            hint: key.hint(),
-            hash: key.hash(),
-            allowed_ips: Vec::new(),
-            created_at: SystemTime::UNIX_EPOCH,
-            expires_at: None,
-            revoked_at: None,
-            rate_limit: None,
-        }
+        crate::store::memory::tests::record("acct")
     }
 
     fn unknown() -> KeyHash {

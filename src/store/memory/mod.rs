@@ -393,7 +393,7 @@ impl MemoryStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::AtomicU32;
 
     use std::time::Duration;
@@ -402,7 +402,8 @@ mod tests {
     use crate::key::{Environment, TmKey};
     use crate::store::{Rejections, UsageDelta};
 
-    fn record(owner: &str) -> KeyRecord {
+    /// A live key's record for `owner`, with no expiry, limit or allowlist.
+    pub(crate) fn record(owner: &str) -> KeyRecord {
         let key = TmKey::generate(Environment::Live);
         KeyRecord {
             id: KeyId::generate(),
