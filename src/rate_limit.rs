@@ -266,7 +266,9 @@ pub enum Admission {
     Now(Result<RateLimitStatus, Duration>),
     /// To be decided by a future: a limiter shared by several servers that
     /// holds no quota for the key right now asks for some. The request
-    /// waits for it; a refused request uses no quota either way.
+    /// waits for it, at most the manager's store timeout (past it, the
+    /// request is answered 503 `key_store_unavailable`, as for a store that
+    /// does not answer); a refused request uses no quota either way.
     Later(AdmissionFuture),
 }
 

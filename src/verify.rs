@@ -353,7 +353,12 @@ impl KeyManager {
             }) => {
                 let manager = self.clone();
                 Ready::Later(Box::pin(async move {
-                    let decided = admission.await;
+                    // A limiter that does not answer is bounded like a store
+                    // that does not: the request fails closed, it never hangs.
+                    let decided = manager
+                        .bounded(options.timeout, async { Ok(admission.await) })
+                        .await
+                        .map_err(AuthError::StoreUnavailable)?;
                     manager.admitted(record, decided, now_ms, limit, options)
                 }))
             }

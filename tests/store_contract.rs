@@ -368,3 +368,37 @@ async fn a_limiter_that_answers_later_is_waited_for() {
     assert_eq!(usage.requests, 2);
     assert_eq!(usage.rejections.rate_limited, 1);
 }
+
+/// Never decides.
+struct Hung;
+
+impl RateLimiter for Hung {
+    fn admit(&self, _: KeyId, _: RateLimit, _: u64) -> Admission {
+        Admission::Later(Box::pin(std::future::pending()))
+    }
+}
+
+#[tokio::test]
+async fn a_limiter_that_never_answers_fails_closed_within_the_store_timeout() {
+    let manager = KeyManager::builder(MemoryStore::new())
+        .rate_limiter(Hung)
+        .store_timeout(Duration::from_millis(50))
+        .build();
+    let limit = RateLimit::per_hour(NonZeroU32::new(100).unwrap());
+    let created = manager
+        .create(NewKey::new("acct", "Hung").rate_limit(limit))
+        .await
+        .unwrap();
+    let verdict = tokio::time::timeout(
+        Duration::from_secs(5),
+        manager.verify(created.key.expose_secret(), None),
+    )
+    .await
+    .expect("bounded by the store timeout, not left to hang");
+    let err = verdict.unwrap_err();
+    assert_eq!(err.code(), "key_store_unavailable");
+    assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    // Neither let in nor counted as rate limited.
+    let usage = manager.usage(&created.record.id).await.unwrap();
+    assert_eq!((usage.requests, usage.rejections.rate_limited), (0, 0));
+}
