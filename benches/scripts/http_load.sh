@@ -23,13 +23,6 @@ port=18080
 addr="127.0.0.1:$port"
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
-pin_server=(); pin_wrk=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0); pin_wrk=(taskset -c 1)
-fi
-
-cargo build --release --quiet --example load_server
-server=target/release/examples/load_server
 source benches/scripts/server.sh
 
 run() { # $1 = on|off|noop|floor; prints requests/s

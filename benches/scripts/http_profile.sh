@@ -23,13 +23,6 @@ addr="127.0.0.1:$port"
 for tool in wrk perf python3; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install wrk linux-perf python3)" >&2; exit 2; }
 done
-pin_server=(); pin_wrk=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0); pin_wrk=(taskset -c 1)
-fi
-
-cargo build --release --quiet --example load_server
-server=target/release/examples/load_server
 source benches/scripts/server.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,10 +1,20 @@
 # Sourced by benches/scripts/http_load.sh and benches/scripts/http_profile.sh, which set
-# $server (the built load_server example), $addr and $port.
+# $addr and $port. Builds the load_server example ($server) and sets
+# $pin_server and $pin_wrk: the server on CPU 0 and wrk on CPU 1, where
+# taskset exists and there are two CPUs (empty otherwise).
 #
 # start_server MODE KEYFILE [PIN...]: starts the server in MODE (AUTH=…),
 # pinned by the PIN command if given, writes the key to send as KEYFILE's
 # first line, sets $server_pid, and returns once the port answers; fails if
 # it does not within 10 s.
+pin_server=(); pin_wrk=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  pin_server=(taskset -c 0); pin_wrk=(taskset -c 1)
+fi
+
+cargo build --release --quiet --example load_server
+server=target/release/examples/load_server
+
 start_server() {
   local mode=$1 keyfile=$2
   shift 2
