@@ -678,34 +678,11 @@ pub(crate) mod tests {
             expires_at: Some(at(secs)),
             ..StoreUpdate::default()
         };
-        assert_eq!(
-            store
-                .update(&r.id, &expire(100))
-                .await
-                .unwrap()
-                .unwrap()
-                .expires_at,
-            Some(at(100))
-        );
         // Later expiries are ignored; earlier ones apply.
-        assert_eq!(
-            store
-                .update(&r.id, &expire(200))
-                .await
-                .unwrap()
-                .unwrap()
-                .expires_at,
-            Some(at(100))
-        );
-        assert_eq!(
-            store
-                .update(&r.id, &expire(50))
-                .await
-                .unwrap()
-                .unwrap()
-                .expires_at,
-            Some(at(50))
-        );
+        for (asked, kept) in [(100, 100), (200, 100), (50, 50)] {
+            let updated = store.update(&r.id, &expire(asked)).await.unwrap().unwrap();
+            assert_eq!(updated.expires_at, Some(at(kept)), "asked {asked}");
+        }
         // Revocation is kept at its first time and freezes the record.
         let revoked = store.revoke(&r.id, at(10)).await.unwrap().unwrap();
         assert_eq!(revoked.revoked_at, Some(at(10)));
