@@ -80,6 +80,8 @@ mod net;
 mod page;
 mod rate_limit;
 mod record;
+#[cfg(feature = "redis")]
+pub mod redis_limiter;
 #[cfg(feature = "client")]
 pub mod scan;
 pub mod store;

@@ -222,14 +222,14 @@ pub(crate) fn set_headers(headers: &mut HeaderMap, limit: u32, remaining: u32, r
 
 /// (window index, requests let in) of a key's current fixed window, in one
 /// word: a request is let in by one compare-and-swap.
-#[derive(Default)]
-struct Window(AtomicU64);
+#[derive(Debug, Default)]
+pub(crate) struct Window(AtomicU64);
 
 impl Window {
     /// Lets a request at `now_ms` into the window or says how long to wait.
     /// Windows are aligned to the Unix epoch. A refused request does not use
     /// up quota.
-    fn take(&self, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
+    pub(crate) fn take(&self, limit: RateLimit, now_ms: u64) -> Result<RateLimitStatus, Duration> {
         let window_ms = limit.window_ms().max(1);
         let index = now_ms / window_ms;
         let reset = Duration::from_millis((index + 1) * window_ms - now_ms);
@@ -253,6 +253,30 @@ impl Window {
                         reset,
                     })
                 }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+impl Window {
+    /// Counts at least `used` requests as let in to window `index`, unless
+    /// the window already moved past it.
+    pub(crate) fn seed(&self, index: u64, used: u32) {
+        let index = index as u32;
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            let (at, counted) = ((current >> 32) as u32, current as u32);
+            let counted = if at == index { counted } else { 0 };
+            if at > index || counted >= used {
+                return;
+            }
+            let next = (u64::from(index) << 32) | u64::from(used);
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
                 Err(actual) => current = actual,
             }
         }
@@ -411,6 +435,28 @@ mod tests {
         let next = window.take(limit, start + 10_000).unwrap();
         assert_eq!(next.remaining, 2, "the window rolled over");
         assert_eq!(next.reset, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_seeded_window_counts_what_was_let_in_elsewhere() {
+        let window = Window::default();
+        let limit = RateLimit::new(5, Duration::from_secs(10)).unwrap();
+        window.seed(100, 3);
+        assert_eq!(window.take(limit, 1_000_000).unwrap().remaining, 1);
+        window.seed(100, 2);
+        assert_eq!(
+            window.take(limit, 1_000_001).unwrap().remaining,
+            0,
+            "never lowered"
+        );
+        let later = Window::default();
+        assert_eq!(later.take(limit, 1_000_000).unwrap().remaining, 4);
+        later.seed(99, 5);
+        assert_eq!(
+            later.take(limit, 1_000_000).unwrap().remaining,
+            3,
+            "an older window's count is ignored"
+        );
     }
 
     #[test]
