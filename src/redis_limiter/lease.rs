@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::rate_limit::{RateLimit, RateLimitStatus, Window};
 
+use super::mono::Mono;
 use super::scripts::LeaseReply;
 
 const TOKEN_BITS: u32 = 24;
@@ -25,11 +26,11 @@ const MAX_LEASE_LIFE_MS: u64 = 10_000;
 const NO_WINDOW: u64 = u64::MAX;
 
 /// Milliseconds before Redis's window end that a lease stops being spent:
-/// Redis's time is truncated to the millisecond (1 ms), the reply may be
-/// read a little after it was made (1 ms), and two clocks drift apart by
-/// well under 0.1 % over a lease's life.
+/// Redis's time and the server's are each rounded down to the millisecond
+/// (2 ms), plus 1 ms to spare, plus 0.1 % of the lease's life for two
+/// clocks drifting apart (far more than NTP-disciplined clocks do).
 pub(super) fn guard_ms(to_end_ms: u64) -> u64 {
-    2 + to_end_ms.min(MAX_LEASE_LIFE_MS) / 1000
+    3 + to_end_ms.min(MAX_LEASE_LIFE_MS) / 1000
 }
 
 /// A lease as this server keeps it: a [`LeaseReply`] placed on the
@@ -144,14 +145,28 @@ impl KeyLease {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Spends one token at `now`, answering the tokens left; `None` when the
-    /// lease is empty or past its time.
-    pub(super) fn spend(&self, now: u64) -> Option<u32> {
+    /// Spends one token, answering the tokens left; `None` when the lease
+    /// is empty or past its time. The clock is read coarsely unless the
+    /// lease ends within the coarse clock's lag.
+    pub(super) fn spend(&self, clock: &Mono) -> Option<u32> {
+        self.spend_at(clock.coarse() + clock.lag_ms(), || clock.precise())
+    }
+
+    /// [`spend`](KeyLease::spend) at a time no earlier than now, asking
+    /// `precise` for the time when that is not early enough.
+    fn spend_at(&self, mut now: u64, precise: impl Fn() -> u64) -> Option<u32> {
         let mut current = self.word.load(Ordering::Acquire);
         loop {
             let tokens = current & TOKENS;
-            if tokens == 0 || now >= current >> TOKEN_BITS {
+            if tokens == 0 {
                 return None;
+            }
+            let until = current >> TOKEN_BITS;
+            if now >= until {
+                now = precise();
+                if now >= until {
+                    return None;
+                }
             }
             match self.word.compare_exchange_weak(
                 current,
@@ -359,6 +374,10 @@ mod tests {
     use super::*;
     use std::num::NonZeroU32;
 
+    fn spend(lease: &KeyLease, now: u64) -> Option<u32> {
+        lease.spend_at(now, || now)
+    }
+
     fn limit(requests: u32) -> RateLimit {
         RateLimit::per_minute(NonZeroU32::new(requests).unwrap())
     }
@@ -376,15 +395,23 @@ mod tests {
     #[test]
     fn a_lease_is_spent_token_by_token_and_not_past_its_time() {
         let lease = KeyLease::new(limit(1_000));
-        assert_eq!(lease.spend(10), None, "no lease yet");
+        assert_eq!(spend(&lease, 10), None, "no lease yet");
         let granted = Granted::new(&reply(7, 3, 900, 100), 10);
         assert_eq!(granted.usable_until, 10 + 100 - guard_ms(100));
         assert!(lease.install(granted, limit(1_000).to_word()));
-        assert_eq!(lease.spend(11), Some(2));
-        assert_eq!(lease.spend(12), Some(1));
-        assert_eq!(lease.spend(granted.usable_until), None, "past its time");
-        assert_eq!(lease.spend(13), Some(0));
-        assert_eq!(lease.spend(14), None, "empty");
+        assert_eq!(spend(&lease, 11), Some(2));
+        assert_eq!(spend(&lease, 12), Some(1));
+        assert_eq!(spend(&lease, granted.usable_until), None, "past its time");
+        assert_eq!(
+            lease.spend_at(granted.usable_until, || granted.usable_until - 1),
+            Some(0),
+            "a coarse reading near the end is checked precisely"
+        );
+        assert!(lease.install(granted, limit(1_000).to_word()));
+        for left in (0..3).rev() {
+            assert_eq!(spend(&lease, 13), Some(left));
+        }
+        assert_eq!(spend(&lease, 14), None, "empty");
     }
 
     #[test]
@@ -393,9 +420,13 @@ mod tests {
         let word = limit(1_000).to_word();
         assert!(lease.install(Granted::new(&reply(7, 3, 900, 5_000), 0), word));
         assert!(lease.install(Granted::new(&reply(7, 2, 898, 4_000), 1_000), word));
-        assert_eq!(lease.spend(1_001), Some(4), "3 + 2 - 1");
+        assert_eq!(spend(&lease, 1_001), Some(4), "3 + 2 - 1");
         assert!(lease.install(Granted::new(&reply(8, 2, 998, 60_000), 4_100), word));
-        assert_eq!(lease.spend(4_101), Some(1), "the old window's tokens lapse");
+        assert_eq!(
+            spend(&lease, 4_101),
+            Some(1),
+            "the old window's tokens lapse"
+        );
     }
 
     #[test]
@@ -406,7 +437,7 @@ mod tests {
             limit(1_000).to_word()
         ));
         assert_eq!(lease.relimit(limit(10)), Some((7, 5)), "handed back");
-        assert_eq!(lease.spend(1), None);
+        assert_eq!(spend(&lease, 1), None);
         assert!(
             !lease.install(
                 Granted::new(&reply(7, 5, 900, 5_000), 0),
@@ -474,7 +505,7 @@ mod tests {
         ));
         let spent: usize = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..4)
-                .map(|_| scope.spawn(|| (0..1_000).filter(|_| lease.spend(5).is_some()).count()))
+                .map(|_| scope.spawn(|| (0..1_000).filter(|_| spend(&lease, 5).is_some()).count()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });

@@ -64,13 +64,14 @@
 //! replicas or Sentinel for availability.
 
 mod lease;
+mod mono;
 mod scripts;
 
 use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -78,6 +79,7 @@ use crate::key::{KeyId, UniformHasher};
 use crate::rate_limit::{Admission, RateLimit, RateLimitStatus, RateLimiter};
 
 use lease::{guard_ms, Granted, KeyLease, NoToken};
+use mono::Mono;
 use scripts::Scripts;
 
 /// What a [`RedisLimiter`] does when Redis cannot be asked (down, slower
@@ -250,7 +252,7 @@ struct Inner {
     servers_key: String,
     generation_key: String,
     keys: papaya::HashMap<KeyId, Arc<KeyLease>, BuildHasherDefault<UniformHasher>>,
-    start: Instant,
+    clock: Mono,
     /// Active servers as of the last heartbeat, this one included.
     servers: AtomicU32,
     /// Redis did not answer the last call.
@@ -310,7 +312,7 @@ impl RedisLimiter {
                 .hasher(BuildHasherDefault::<UniformHasher>::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
-            start: Instant::now(),
+            clock: Mono::new(),
             servers: AtomicU32::new(1),
             down: AtomicBool::new(false),
             shut: AtomicBool::new(false),
@@ -426,13 +428,14 @@ impl RateLimiter for RedisLimiter {
                 inner.give_back(id, window, tokens);
             }
         }
-        let now = inner.now();
-        if let Some(left) = lease.spend(now) {
+        if let Some(left) = lease.spend(&inner.clock) {
+            let now = inner.clock.coarse();
             if lease.wants_more(left) && !inner.degraded(limit, now) {
                 inner.ask(id, lease, limit);
             }
             return Admission::Now(Ok(lease.status(limit, left, now)));
         }
+        let now = inner.now();
         if inner.degraded(limit, now) {
             return Admission::Now(inner.decide_locally(lease, limit, now_ms));
         }
@@ -448,7 +451,7 @@ impl RateLimiter for RedisLimiter {
 impl Inner {
     /// Milliseconds on the limiter's monotonic clock, never 0.
     fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64 + 1
+        self.clock.precise()
     }
 
     fn key_name(&self, id: KeyId) -> String {
@@ -518,7 +521,7 @@ impl Inner {
             tokio::pin!(answered);
             answered.as_mut().enable();
             let now = self.now();
-            if let Some(left) = lease.spend(now) {
+            if let Some(left) = lease.spend(&self.clock) {
                 return Ok(lease.status(limit, left, now));
             }
             if self.degraded(limit, now) {
