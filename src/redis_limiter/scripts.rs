@@ -9,13 +9,11 @@
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
 
-/// `LEASE(key, generation_key; limit, window_ms, want, min_ms)`.
-///
-/// Window `w = ⌊now / window_ms⌋`; the key's hash is reset when it holds
-/// another window. Grants `min(want, limit − granted)` tokens, none when the
-/// window ends within `min_ms` (the caller could not spend them in time).
-/// Returns `{w, granted, remaining, ms_to_window_end, generation}`.
-const LEASE: &str = r#"
+/// What every script starts with: `now`, Redis's time in milliseconds, and
+/// `gen`, the generation marker at `KEYS[2]`, created when missing.
+macro_rules! prelude {
+    () => {
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gen = redis.call('GET', KEYS[2])
@@ -23,6 +21,19 @@ if not gen then
   gen = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('SET', KEYS[2], gen)
 end
+"#
+    };
+}
+
+/// `LEASE(key, generation_key; limit, window_ms, want, min_ms)`.
+///
+/// Window `w = ⌊now / window_ms⌋`; the key's hash is reset when it holds
+/// another window. Grants `min(want, limit − granted)` tokens, none when the
+/// window ends within `min_ms` (the caller could not spend them in time).
+/// Returns `{w, granted, remaining, ms_to_window_end, generation}`.
+const LEASE: &str = concat!(
+    prelude!(),
+    r#"
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
@@ -48,7 +59,8 @@ redis.call('PEXPIRE', KEYS[1], 2 * window)
 local remaining = limit - granted - g
 if remaining < 0 then remaining = 0 end
 return {w, g, remaining, to_end, gen}
-"#;
+"#
+);
 
 /// `RELEASE(key; w, n)`: gives back `n` unspent tokens of window `w`, if
 /// the key's hash still holds that window. Returns the tokens given back.
@@ -66,20 +78,16 @@ return n
 /// `HEARTBEAT(servers, generation_key; server, ttl_ms)`: marks the server
 /// alive in the sorted set of servers, drops those silent for `ttl_ms`.
 /// Returns `{active servers, generation, now_ms}`.
-const HEARTBEAT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gen = redis.call('GET', KEYS[2])
-if not gen then
-  gen = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('SET', KEYS[2], gen)
-end
+const HEARTBEAT: &str = concat!(
+    prelude!(),
+    r#"
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('PEXPIRE', KEYS[1], 10 * ttl)
 return {redis.call('ZCARD', KEYS[1]), gen, now}
-"#;
+"#
+);
 
 /// What `LEASE` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -135,6 +135,19 @@ impl Run {
     }
 }
 
+/// Runs `n` workers on `spec` to the end, then deletes the run's keys from
+/// the shared Redis, whatever the outcome.
+fn run_clean(
+    n: usize,
+    spec: Value,
+    per_worker: impl Fn(usize, &mut Value),
+) -> Result<Admissions, String> {
+    let prefix = spec["prefix"].as_str().unwrap_or_default().to_owned();
+    let admissions = start(n, spec, per_worker).finish();
+    cleanup(&redis_url(), &prefix);
+    admissions
+}
+
 fn cleanup(url: &str, prefix: &str) {
     let Ok(client) = redis::Client::open(url) else {
         return;
@@ -212,11 +225,7 @@ fn grid() -> Result<(), String> {
     }
     for n in [2usize, 4, 8] {
         let spec = base_spec("grid", 2_600, cells.clone());
-        let prefix = spec["prefix"].as_str().unwrap_or_default().to_owned();
-        let run = start(n, spec, |_, _| {});
-        let admissions = run.finish();
-        cleanup(&redis_url(), &prefix);
-        let admissions = admissions?;
+        let admissions = run_clean(n, spec, |_, _| {})?;
         println!("N = {n}");
         check(&admissions)?;
         // Liveness: a single hot key with a small limit is let in close to
@@ -263,10 +272,7 @@ fn window_edges() -> Result<(), String> {
         ],
     );
     spec["edge_bursts_ms"] = json!(5);
-    let prefix = spec["prefix"].as_str().unwrap_or_default().to_owned();
-    let admissions = start(4, spec, |_, _| {}).finish();
-    cleanup(&redis_url(), &prefix);
-    let admissions = admissions?;
+    let admissions = run_clean(4, spec, |_, _| {})?;
     for name in ["k1-l10-w1s", "k1-l1000-w1s", "k3-l100-w1s"] {
         println!(
             "{name}: {} let in of {} offered, all within 5 ms of an edge",
@@ -289,11 +295,8 @@ fn clock_skew() -> Result<(), String> {
             cell("k100-l100-w1s", 100, 100, 1_000),
         ],
     );
-    let prefix = spec["prefix"].as_str().unwrap_or_default().to_owned();
     let skews = [2_000i64, -2_000, 1_500, -700];
-    let admissions = start(4, spec, |i, s| s["skew_ms"] = json!(skews[i])).finish();
-    cleanup(&redis_url(), &prefix);
-    check(&admissions?)
+    check(&run_clean(4, spec, |i, s| s["skew_ms"] = json!(skews[i]))?)
 }
 
 /// A server killed while it holds a lease: the others never overshoot; the
@@ -347,10 +350,7 @@ fn limit_change() -> Result<(), String> {
     up["rate"] = json!(300);
     up["limit_change"] = json!({ "after_ms": 1_000, "limit": 1_000 });
     let spec = base_spec("relimit", 2_200, vec![down, up]);
-    let prefix = spec["prefix"].as_str().unwrap_or_default().to_owned();
-    let admissions = start(2, spec, |_, _| {}).finish();
-    cleanup(&redis_url(), &prefix);
-    let admissions = admissions?;
+    let admissions = run_clean(2, spec, |_, _| {})?;
     let (before, after) = admissions.phases("lowered");
     println!("lowered 1 000 → 100: {before} let in before the change, {after} after");
     if before + after > before.max(100) {
@@ -415,10 +415,8 @@ fn latency() -> Result<(), String> {
         if delay_ms > 50 {
             spec["timeout_ms"] = json!(50);
         }
-        let prefix = spec["prefix"].as_str().unwrap_or_default().to_owned();
-        let admissions = start(3, spec, |_, _| {}).finish();
+        let admissions = run_clean(3, spec, |_, _| {});
         drop(proxy);
-        cleanup(&redis_url(), &prefix);
         let admissions = admissions?;
         let waited = admissions.longest_wait_ms();
         println!("delay {delay_ms} ms each way: longest wait {waited} ms");
