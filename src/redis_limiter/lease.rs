@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::rate_limit::{RateLimit, RateLimitStatus, Window};
 
@@ -108,6 +108,9 @@ pub(super) struct KeyLease {
     waiting: AtomicU32,
     /// Woken when an ask ends, whatever its outcome.
     pub(super) answered: Notify,
+    /// The requests waiting for a lease, in arrival order (one permit: the
+    /// head's).
+    pub(super) queue: Semaphore,
     meta: Mutex<Meta>,
     /// The window counted locally while Redis cannot be asked.
     fallback: Window,
@@ -126,6 +129,7 @@ impl KeyLease {
             asking: AtomicBool::new(false),
             waiting: AtomicU32::new(0),
             answered: Notify::new(),
+            queue: Semaphore::new(1),
             meta: Mutex::new(Meta {
                 window: NO_WINDOW,
                 granted_in_window: 0,
@@ -224,6 +228,12 @@ impl KeyLease {
     pub(super) fn ask_ended(&self) {
         self.asking.store(false, Ordering::Release);
         self.answered.notify_waiters();
+    }
+
+    /// Whether requests are waiting for a lease: a new request queues
+    /// behind them rather than take the tokens they wait for.
+    pub(super) fn has_waiters(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Counts a request waiting for a lease until the guard is dropped.

@@ -53,9 +53,15 @@
 //! - No request waits for Redis longer than
 //!   [`RedisLimiterConfig::timeout`] (50 ms by default).
 //! - When Redis cannot be asked, the limiter decides locally, as
-//!   [`OnStoreDown`] says; the guarantee then no longer holds. A Redis that
-//!   lost its counts (restarted empty, flushed) is noticed on its first
-//!   answer, and each key is counted locally until its window ends.
+//!   [`OnStoreDown`] says; the guarantee then no longer holds. A server
+//!   that cannot reach Redis while others can adds its local decisions to
+//!   theirs: with [`OnStoreDown::LocalShare`], the cluster may let a key in
+//!   up to its limit plus the share of each server without Redis. A lost
+//!   Redis is tried again every 100 ms.
+//! - A Redis that lost its counts (restarted empty, flushed) is noticed on
+//!   its first answer; every key is then decided locally until the end of
+//!   the window in which Redis began counting afresh, the same window on
+//!   every server.
 //! - A key's limit change applies on its next request: the server gives
 //!   back the tokens leased under the old limit and leases under the new.
 //!
@@ -263,12 +269,14 @@ struct Inner {
     local_decisions: AtomicU64,
     /// The generation marker of the Redis whose counts are trusted.
     generation: Mutex<String>,
-    /// Redis's time (ms) when it was found to have lost its counts, 0 for
-    /// never; and when that was, on the monotonic clock.
+    /// When Redis began counting afresh after losing its counts (Redis's
+    /// time in ms, read from the new generation marker), 0 for never; and
+    /// when this server noticed, on Redis's clock and on its own.
     lost_at: AtomicU64,
-    lost_seen: AtomicU64,
-    /// The last lease's round trip, in ms.
-    round_trip: AtomicU64,
+    noticed_redis: AtomicU64,
+    noticed_mono: AtomicU64,
+    /// Leases' round trip, in µs: a moving average (1/8 of each new one).
+    round_trip_us: AtomicU64,
     runtime: tokio::runtime::Handle,
 }
 
@@ -290,7 +298,9 @@ impl RedisLimiter {
             // connection's own bound only keeps a lost reply from pinning it.
             .set_response_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            // A lost Redis is tried again at least every 100 ms: a server
+            // back on Redis late counts locally while the others share.
+            .set_max_delay(Duration::from_millis(100));
         let conn = tokio::time::timeout(
             CONNECT_TIMEOUT,
             ConnectionManager::new_with_config(client, manager_config),
@@ -319,8 +329,9 @@ impl RedisLimiter {
             local_decisions: AtomicU64::new(0),
             generation: Mutex::new(String::new()),
             lost_at: AtomicU64::new(0),
-            lost_seen: AtomicU64::new(0),
-            round_trip: AtomicU64::new(1),
+            noticed_redis: AtomicU64::new(0),
+            noticed_mono: AtomicU64::new(0),
+            round_trip_us: AtomicU64::new(0),
             runtime: tokio::runtime::Handle::current(),
         });
         let beat = tokio::time::timeout(CONNECT_TIMEOUT, inner.beat_once())
@@ -384,6 +395,18 @@ impl RedisLimiter {
     }
 }
 
+/// Whether two times (ms) fall in the same window of `limit`.
+fn same_window(a: u64, b: u64, limit: RateLimit) -> bool {
+    a / limit.window_ms() == b / limit.window_ms()
+}
+
+/// When a generation marker was written: the scripts write Redis's `TIME`
+/// as seconds followed by six digits of microseconds.
+fn marker_ms(generation: &str) -> Option<u64> {
+    let micros: u64 = generation.parse().ok()?;
+    Some(micros / 1_000)
+}
+
 /// `call`'s answer, or [`RedisLimiterError::Timeout`] after `limit`.
 async fn within<T>(
     limit: Duration,
@@ -428,7 +451,15 @@ impl RateLimiter for RedisLimiter {
                 inner.give_back(id, window, tokens);
             }
         }
-        if let Some(left) = lease.spend(&inner.clock) {
+        // While requests wait for this key's lease, a new one queues behind
+        // them: were it to take the tokens they wait for, a waiter could
+        // lose every round to newer requests.
+        let spent = if lease.has_waiters() {
+            None
+        } else {
+            lease.spend(&inner.clock)
+        };
+        if let Some(left) = spent {
             let now = inner.clock.coarse();
             if lease.wants_more(left) && !inner.degraded(limit, now) {
                 inner.ask(id, lease, limit);
@@ -472,7 +503,8 @@ impl Inner {
     }
 
     /// Whether `limit`'s key is decided locally at `now`: Redis does not
-    /// answer, or lost its counts during the key's current window.
+    /// answer, or began counting afresh during the key's current window
+    /// (its counts for the window's start are gone).
     fn degraded(&self, limit: RateLimit, now: u64) -> bool {
         if self.down.load(Ordering::Relaxed) || self.shut.load(Ordering::Relaxed) {
             return true;
@@ -481,8 +513,9 @@ impl Inner {
         if lost_at == 0 {
             return false;
         }
-        let redis_now = lost_at + now.saturating_sub(self.lost_seen.load(Ordering::Acquire));
-        redis_now / limit.window_ms() == lost_at / limit.window_ms()
+        let redis_now = self.noticed_redis.load(Ordering::Relaxed)
+            + now.saturating_sub(self.noticed_mono.load(Ordering::Relaxed));
+        same_window(redis_now, lost_at, limit)
     }
 
     fn decide_locally(
@@ -516,6 +549,11 @@ impl Inner {
     ) -> Result<RateLimitStatus, Duration> {
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         let _waiting = lease.wait();
+        // First come, first served: only the head of the queue spends or
+        // asks, so a waiter never loses its turn to a newer request.
+        let Ok(Ok(_turn)) = tokio::time::timeout_at(deadline, lease.queue.acquire()).await else {
+            return self.decide_locally(&lease, limit, now_ms);
+        };
         loop {
             let answered = lease.answered.notified();
             tokio::pin!(answered);
@@ -574,8 +612,7 @@ impl Inner {
             sent,
             self.config.lease_horizon.as_millis() as u64,
         );
-        // No tokens that could not be spent before the window ends.
-        let min_ms = guard_ms(limit.window_ms()) + self.round_trip.load(Ordering::Relaxed);
+        let min_ms = self.min_lease_ms(limit);
         let key = self.key_name(id);
         let mut conn = self.conn.clone();
         let reply = self
@@ -594,8 +631,7 @@ impl Inner {
         };
         let received = self.now();
         self.came_back();
-        self.round_trip
-            .store((received - sent).max(1), Ordering::Relaxed);
+        self.timed_round_trip(received - sent);
         let redis_now =
             (reply.window + 1) * limit.window_ms() - reply.to_end_ms.min(limit.window_ms());
         if self.lost_counts(&reply.generation, redis_now, sent) {
@@ -608,6 +644,27 @@ impl Inner {
         if !lease.install(granted, limit.to_word()) && reply.granted > 0 {
             self.give_back(id, reply.window, reply.granted);
         }
+    }
+
+    /// How close to its window's end a lease is no longer granted: its
+    /// tokens could not be spent in time. The guard, plus a round trip, at
+    /// most half the request timeout: the requests that wait for the next
+    /// window meanwhile must not run out of time.
+    fn min_lease_ms(&self, limit: RateLimit) -> u64 {
+        let round_trip = self.round_trip_us.load(Ordering::Relaxed).div_ceil(1_000);
+        let most = self.config.timeout.as_millis() as u64 / 2;
+        guard_ms(limit.window_ms()) + round_trip.min(most)
+    }
+
+    fn timed_round_trip(&self, ms: u64) {
+        let sample = ms * 1_000;
+        let average = self.round_trip_us.load(Ordering::Relaxed);
+        let next = if average == 0 {
+            sample
+        } else {
+            (average * 7 + sample) / 8
+        };
+        self.round_trip_us.store(next, Ordering::Relaxed);
     }
 
     /// Gives `tokens` of `window` back to Redis, in the background.
@@ -626,16 +683,26 @@ impl Inner {
     }
 
     /// Whether Redis's generation marker says it lost the counts this
-    /// server trusted; if so, keys are counted locally until their window
-    /// ends.
+    /// server trusted; if so, keys are counted locally until the window in
+    /// which Redis began counting afresh ends.
+    ///
+    /// That moment is the new marker's: the first script to run on the
+    /// empty Redis wrote it with Redis's time. Every server reads the same
+    /// marker, so all of them distrust the same windows, however late each
+    /// notices; a server that noticed at `redis_now` would not agree with
+    /// one that noticed a window later.
     fn lost_counts(&self, generation: &str, redis_now: u64, seen: u64) -> bool {
         let mut known = self.generation_lock();
         if *known == generation {
             return false;
         }
         *known = generation.to_owned();
-        self.lost_seen.store(seen, Ordering::Release);
-        self.lost_at.store(redis_now.max(1), Ordering::Release);
+        let began = marker_ms(generation)
+            .filter(|&began| began <= redis_now)
+            .unwrap_or(redis_now);
+        self.noticed_redis.store(redis_now, Ordering::Relaxed);
+        self.noticed_mono.store(seen, Ordering::Relaxed);
+        self.lost_at.store(began.max(1), Ordering::Release);
         tracing::warn!(
             "tm-auth: Redis lost its rate-limit counts (restarted empty or flushed); \
              keys are counted locally until their current window ends"
@@ -693,5 +760,22 @@ impl Inner {
                 Err(error) => inner.went_down(&error),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    #[test]
+    fn a_generation_marker_dates_the_fresh_start() {
+        assert_eq!(marker_ms("1796322287913456"), Some(1_796_322_287_913));
+        assert_eq!(marker_ms("1796322287000001"), Some(1_796_322_287_000));
+        assert_eq!(marker_ms("not a marker"), None);
+        let second = RateLimit::per_second(NonZeroU32::new(100).unwrap());
+        // Noticed 100 ms into the next window: that window is trusted.
+        assert!(!same_window(1_796_322_288_015, 1_796_322_287_913, second));
+        assert!(same_window(1_796_322_287_990, 1_796_322_287_913, second));
     }
 }

@@ -228,12 +228,13 @@ fn grid() -> Result<(), String> {
         let admissions = run_clean(n, spec, |_, _| {})?;
         println!("N = {n}");
         check(&admissions)?;
-        // Liveness: a single hot key with a small limit is let in close to
-        // its limit in every whole 1 s window of the run.
-        for name in ["k1-l10-w1s", "k1-l1000-w1s"] {
+        // Liveness: a single hot key is let in close to its limit in every
+        // whole 1 s window of the run (leases that reach their server after
+        // their window ended lapse: under-use, never overshoot).
+        for (name, least) in [("k1-l10-w1s", 0.9), ("k1-l1000-w1s", 0.9)] {
             let fill = admissions.fill_of_whole_windows(name);
             println!("{name}: whole 1 s windows filled to {fill:.3} of the limit");
-            if fill < 0.9 {
+            if fill < least {
                 return Err(format!("{name}: whole windows filled to only {fill:.3}"));
             }
         }
@@ -400,7 +401,11 @@ fn accounting() -> Result<(), String> {
 /// oracle holds at 2 and 20 ms each way; at 80 ms, past a 50 ms timeout, no
 /// request waits past the timeout.
 fn latency() -> Result<(), String> {
-    for delay_ms in [2u64, 20, 80] {
+    let delays: Vec<u64> = std::env::var("TM_DELAYS")
+        .ok()
+        .map(|d| d.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or(vec![2, 20, 80]);
+    for delay_ms in delays {
         let proxy = proxy::DelayProxy::start("127.0.0.1:6379", Duration::from_millis(delay_ms))?;
         let mut spec = base_spec(
             "latency",
@@ -419,7 +424,10 @@ fn latency() -> Result<(), String> {
         drop(proxy);
         let admissions = admissions?;
         let waited = admissions.longest_wait_ms();
-        println!("delay {delay_ms} ms each way: longest wait {waited} ms");
+        println!(
+            "delay {delay_ms} ms each way: longest wait {waited} ms; by cell {:?}",
+            admissions.waits_ms()
+        );
         if delay_ms < 25 {
             check(&admissions)?;
         }
@@ -439,7 +447,7 @@ fn redis_killed() -> Result<(), String> {
         let mut server = redis_server::RedisServer::start()?;
         let mut spec = base_spec(
             "killed",
-            6_400,
+            7_400,
             vec![
                 cell("k1-l100-w1s", 1, 100, 1_000),
                 cell("k10-l1000-w1s", 10, 1_000, 1_000),
@@ -469,7 +477,10 @@ fn redis_killed() -> Result<(), String> {
         // (held leases may be spent until their window ends), and wholly
         // after the window Redis came back in.
         let down_windows: Vec<u64> = ((down_from + 300).div_ceil(1_000)..up_at / 1_000).collect();
-        let after: Vec<u64> = (up_at / 1_000 + 1..(start_at + 6_200) / 1_000).collect();
+        // Every server is back on Redis within a second of its restart
+        // (until then a server decides alone, by the mode).
+        let after: Vec<u64> =
+            ((up_at + 1_000).div_ceil(1_000)..(start_at + 7_200) / 1_000).collect();
         for w in &down_windows {
             let admitted = windows.get(w).copied().unwrap_or(0);
             println!("{mode}: window {w} wholly while Redis was down: {admitted} let in");

@@ -210,10 +210,18 @@ impl Admissions {
     }
 
     /// How full a one-key cell's windows are, skipping the first and last
-    /// (the run starts and ends inside them).
+    /// (the run starts and ends inside them). An admission counts in the
+    /// window of its second reading: a token is spent just before the
+    /// answer, while the first reading may precede it by a whole wait.
     pub fn fill_of_whole_windows(&self, name: &str) -> f64 {
-        let limit = self.cells[self.index(name)].1 as f64;
-        let windows = self.by_window(name);
+        let cell = self.index(name);
+        let limit = self.cells[cell].1 as f64;
+        let mut windows: BTreeMap<u64, u64> = BTreeMap::new();
+        for (&(c, _, _, after), &count) in &self.admitted {
+            if c == cell {
+                *windows.entry(after).or_default() += count;
+            }
+        }
         let (Some(&first), Some(&last)) = (windows.keys().next(), windows.keys().next_back())
         else {
             return 0.0;
@@ -232,6 +240,17 @@ impl Admissions {
             self.phases.get(&(cell, 0)).copied().unwrap_or(0),
             self.phases.get(&(cell, 1)).copied().unwrap_or(0),
         )
+    }
+
+    /// The longest wait of each cell, in ms.
+    pub fn waits_ms(&self) -> Vec<(String, u64)> {
+        let mut waits: Vec<_> = self
+            .max_wait_us
+            .iter()
+            .map(|(cell, us)| (self.cells[*cell].0.clone(), us / 1_000))
+            .collect();
+        waits.sort();
+        waits
     }
 
     pub fn longest_wait_ms(&self) -> u64 {

@@ -6,6 +6,9 @@
 //! `O cell count`: requests offered; `W cell max_wait_us`;
 //! `P cell phase count`: admissions before (0) or after (1) a limit change;
 //! `L count`: requests the limiter decided without Redis.
+//!
+//! With `TM_DEBUG_WAITS` set, each wait over 200 ms is written to stderr
+//! with where in its window the request came.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -233,6 +236,14 @@ async fn cell_traffic(
             .await;
         let after = true_now_ms();
         let waited = asked.elapsed().as_micros() as u64;
+        if waited > 200_000 && std::env::var_os("TM_DEBUG_WAITS").is_some() {
+            eprintln!(
+                "wait {} ms at {} ms into the window, cell {index}, ok {}",
+                waited / 1000,
+                before % window_ms,
+                answer.is_ok()
+            );
+        }
         {
             let mut log = log.lock().unwrap();
             *log.offered.entry(index).or_default() += 1;
