@@ -34,7 +34,8 @@
 //! Leases are sized from the key's recent rate on this server (about
 //! 20 ms of it), at most 1 % of the limit per active server and half this
 //! server's share of what is left; the next lease is asked for in the
-//! background when half of one is spent. Small limits (under 64 per active
+//! background when half of one is spent. Requests that wait for a key's
+//! lease are served in arrival order. Small limits (under 64 per active
 //! server) and windows near exhaustion are leased one token per request.
 //! Active servers are counted in a Redis sorted set each server beats into
 //! every second.
@@ -64,6 +65,8 @@
 //!   every server.
 //! - A key's limit change applies on its next request: the server gives
 //!   back the tokens leased under the old limit and leases under the new.
+//!
+//! A server keeps about 230 bytes for each key it has seen, for its life.
 //!
 //! Not supported: Redis Cluster (the scripts touch a per-key hash and one
 //! shared marker, which need not share a slot). Use one primary, with
