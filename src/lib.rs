@@ -47,6 +47,8 @@
 //! - `serde`: `Serialize`/`Deserialize` for ids, hints, environments and statuses.
 //! - `sqlite`: `store::sqlite::SqliteStore`, keys in an SQLite file.
 //! - `postgres`: `store::postgres::PostgresStore`, keys shared by many servers.
+//! - `redis`: `redis_limiter::RedisLimiter`, one rate limit per key across
+//!   many servers, from leases of quota taken on Redis.
 //! - `conformance`: `store::conformance`, the behavioural checks every
 //!   [`KeyStore`] must pass, for your own backends' tests.
 //!

@@ -7,6 +7,7 @@
 //! `cargo test --features redis --test redis_cluster [-- <scenario>...]`
 //! needs Redis on 127.0.0.1:6379 (or `REDIS_URL`) and `redis-server` on the
 //! PATH for the scenarios that kill and restart a Redis of their own.
+//! `TM_DELAYS=2,20` picks the latency scenario's delays (ms each way).
 
 mod oracle;
 mod proxy;
@@ -406,7 +407,10 @@ fn latency() -> Result<(), String> {
         .map(|d| d.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or(vec![2, 20, 80]);
     for delay_ms in delays {
-        let proxy = proxy::DelayProxy::start("127.0.0.1:6379", Duration::from_millis(delay_ms))?;
+        let upstream = redis_url();
+        let upstream = upstream.trim_start_matches("redis://");
+        let upstream = upstream.split('/').next().unwrap_or(upstream);
+        let proxy = proxy::DelayProxy::start(upstream, Duration::from_millis(delay_ms))?;
         let mut spec = base_spec(
             "latency",
             2_300,
