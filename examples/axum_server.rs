@@ -45,7 +45,7 @@ async fn usage(State(manager): State<KeyManager>, who: AuthenticatedKey) -> Json
 }
 
 /// The application: protected routes get the layer, `/health` does not.
-pub fn app(manager: KeyManager) -> Router {
+pub(crate) fn app(manager: KeyManager) -> Router {
     let protected = Router::new()
         .route("/v1/verify", post(verify))
         .route("/v1/usage", get(usage))

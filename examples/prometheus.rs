@@ -21,7 +21,7 @@ use tm_auth::usage::UsageSample;
 use tm_auth::{ApiKeyLayer, KeyManager, MemoryStore, NewKey};
 
 /// Prometheus' text exposition format for the samples.
-pub fn render(samples: &[UsageSample]) -> String {
+pub(crate) fn render(samples: &[UsageSample]) -> String {
     let mut out = String::new();
     out.push_str("# HELP tm_auth_requests_total Requests authenticated with the API key.\n");
     out.push_str("# TYPE tm_auth_requests_total counter\n");

@@ -3,6 +3,7 @@
 //! inputs with a counting allocator (per thread, like
 //! `no_alloc_rejection.rs`: the unsafe `GlobalAlloc` lives in this test
 //! crate only).
+#![allow(unsafe_code)]
 #![cfg(feature = "client")]
 
 use std::alloc::{GlobalAlloc, Layout, System};

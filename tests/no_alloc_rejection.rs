@@ -5,6 +5,7 @@
 //! A counting global allocator needs `unsafe impl GlobalAlloc`; it lives in
 //! this test crate only (the library itself forbids unsafe code). Counts are
 //! per thread, so other tests running in parallel do not disturb them.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

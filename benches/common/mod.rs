@@ -7,11 +7,11 @@
 use std::hint::black_box;
 
 /// A cheap PRNG (xorshift64), for shuffling and drawing.
-pub struct Pick(pub u64);
+pub(crate) struct Pick(pub u64);
 
 impl Pick {
     /// 64 fresh bits.
-    pub fn bits(&mut self) -> u64 {
+    pub(crate) fn bits(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -19,7 +19,7 @@ impl Pick {
     }
 
     /// An index below `len`.
-    pub fn next(&mut self, len: usize) -> usize {
+    pub(crate) fn next(&mut self, len: usize) -> usize {
         (self.bits() % len as u64) as usize
     }
 }
@@ -32,14 +32,14 @@ impl Pick {
 /// last, on every side. Without that, a short loop like the floor's lets
 /// the CPU overlap one iteration's cache misses with the next one's, which
 /// no request handler can do, and the sides would not count misses alike.
-pub struct Chain<T> {
+pub(crate) struct Chain<T> {
     pub entries: Vec<(T, u32)>,
     at: usize,
     zero: u64,
 }
 
 impl<T> Chain<T> {
-    pub fn of(items: impl IntoIterator<Item = T>) -> Chain<T> {
+    pub(crate) fn of(items: impl IntoIterator<Item = T>) -> Chain<T> {
         let mut entries: Vec<(T, u32)> = items.into_iter().map(|item| (item, 0)).collect();
         let n = entries.len();
         let mut order: Vec<usize> = (0..n).collect();
@@ -58,7 +58,7 @@ impl<T> Chain<T> {
     }
 
     /// The next item; `feedback` is anything computed from the previous result.
-    pub fn step(&mut self, feedback: u64) -> &T {
+    pub(crate) fn step(&mut self, feedback: u64) -> &T {
         let (item, next) = &self.entries[self.at ^ (feedback & self.zero) as usize];
         self.at = *next as usize;
         item
@@ -67,7 +67,7 @@ impl<T> Chain<T> {
 
 impl Chain<[u8; 40]> {
     /// Keys, stored contiguously.
-    pub fn new(secrets: &[String]) -> Chain<[u8; 40]> {
+    pub(crate) fn new(secrets: &[String]) -> Chain<[u8; 40]> {
         Chain::of(secrets.iter().map(|secret| {
             let mut key = [0u8; 40];
             let bytes = secret.as_bytes();
@@ -77,7 +77,7 @@ impl Chain<[u8; 40]> {
         }))
     }
 
-    pub fn next(&mut self, feedback: u64) -> &str {
+    pub(crate) fn next(&mut self, feedback: u64) -> &str {
         std::str::from_utf8(self.step(feedback))
             .unwrap_or("")
             .trim_end_matches('\0')
@@ -89,7 +89,7 @@ impl Chain<[u8; 40]> {
 /// read). The floor waits on the value it found the same way. Not the id,
 /// owner or name: those are for handlers, and reading them may cost a
 /// memory access of its own that neither side should be charged here.
-pub fn verdict<E>(who: &Result<tm_auth::AuthenticatedKey, E>) -> u64 {
+pub(crate) fn verdict<E>(who: &Result<tm_auth::AuthenticatedKey, E>) -> u64 {
     match who {
         Ok(who) => 1 + who.environment() as u64,
         Err(_) => 0,
@@ -99,7 +99,7 @@ pub fn verdict<E>(who: &Result<tm_auth::AuthenticatedKey, E>) -> u64 {
 /// Creates `n` keys in `manager`, ten to an owner, each named like a
 /// person would (about 25 characters): the store every benchmark measures.
 /// Returns their secrets in creation order.
-pub fn create_keys(
+pub(crate) fn create_keys(
     runtime: &tokio::runtime::Runtime,
     manager: &tm_auth::KeyManager,
     n: usize,
@@ -120,7 +120,7 @@ pub fn create_keys(
 
 /// Polls a future that the in-memory store completes at once. Called inside
 /// the benchmark's runtime context, so timers behave as in a server.
-pub fn ready<F: std::future::Future>(future: F) -> F::Output {
+pub(crate) fn ready<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     loop {

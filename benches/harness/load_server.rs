@@ -172,7 +172,7 @@ mod windows {
 
     static COUNTS: Mutex<BTreeMap<u64, (u64, u64)>> = Mutex::new(BTreeMap::new());
 
-    pub async fn count(request: Request<Body>, next: Next) -> Response {
+    pub(crate) async fn count(request: Request<Body>, next: Next) -> Response {
         let response = next.run(request).await;
         let second = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -188,7 +188,7 @@ mod windows {
     }
 
     /// `window <second> admitted <n> refused <n>` for each whole second.
-    pub fn print(limit: Option<tm_auth::RateLimit>) {
+    pub(crate) fn print(limit: Option<tm_auth::RateLimit>) {
         let counts = COUNTS.lock().unwrap_or_else(|p| p.into_inner());
         let whole: Vec<_> = counts.iter().skip(1).collect();
         for (second, (admitted, refused)) in whole.iter().take(whole.len().saturating_sub(1)) {

@@ -16,14 +16,14 @@ if c == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {c, redis.call('PTTL', KEYS[1])}
 "#;
 
-pub struct PerRequestLimiter {
+pub(crate) struct PerRequestLimiter {
     conn: ConnectionManager,
     script: Arc<Script>,
     prefix: String,
 }
 
 impl PerRequestLimiter {
-    pub async fn connect(url: &str) -> Result<PerRequestLimiter, redis::RedisError> {
+    pub(crate) async fn connect(url: &str) -> Result<PerRequestLimiter, redis::RedisError> {
         let conn = ConnectionManager::new(redis::Client::open(url)?).await?;
         Ok(PerRequestLimiter {
             conn,

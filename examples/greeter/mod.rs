@@ -18,31 +18,31 @@ use tonic::{Request, Response, Status};
 
 /// `helloworld.HelloRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct HelloRequest {
+pub(crate) struct HelloRequest {
     #[prost(string, tag = "1")]
     pub name: String,
 }
 
 /// `helloworld.HelloReply`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct HelloReply {
+pub(crate) struct HelloReply {
     #[prost(string, tag = "1")]
     pub message: String,
 }
 
 /// The one method's path.
-pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+pub(crate) const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 type Greet = dyn Fn(Request<HelloRequest>) -> Result<Response<HelloReply>, Status> + Send + Sync;
 
 /// The `helloworld.Greeter` service, answering `SayHello` with `greet`.
 #[derive(Clone)]
-pub struct GreeterServer {
+pub(crate) struct GreeterServer {
     greet: Arc<Greet>,
 }
 
 impl GreeterServer {
-    pub fn new(
+    pub(crate) fn new(
         greet: impl Fn(Request<HelloRequest>) -> Result<Response<HelloReply>, Status>
             + Send
             + Sync
@@ -85,7 +85,7 @@ where
 }
 
 /// Calls `SayHello` on `channel`.
-pub async fn say_hello(
+pub(crate) async fn say_hello(
     channel: tonic::transport::Channel,
     request: Request<HelloRequest>,
 ) -> Result<Response<HelloReply>, Status> {

@@ -256,7 +256,7 @@ impl IpCell {
             let low = self.low.load(Ordering::Relaxed);
             fence(Ordering::Acquire);
             let after = self.seq.load(Ordering::Relaxed);
-            if before == after && before % 2 == 0 {
+            if before == after && before.is_multiple_of(2) {
                 return Some((u128::from(high) << 64) | u128::from(low));
             }
             std::hint::spin_loop();

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 #[derive(Debug, Default)]
-pub struct Admissions {
+pub(crate) struct Admissions {
     /// (cell, key, window before, window after) → admissions.
     admitted: HashMap<(usize, u32, u64, u64), u64>,
     offered: HashMap<usize, u64>,
@@ -27,7 +27,7 @@ pub struct Admissions {
 }
 
 #[derive(Debug)]
-pub struct Overshoot {
+pub(crate) struct Overshoot {
     pub cell: String,
     pub key: u32,
     pub window: u64,
@@ -36,14 +36,14 @@ pub struct Overshoot {
 }
 
 #[derive(Debug, Default)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub overshoots: Vec<Overshoot>,
     /// (cell, windows checked, admissions, worst admitted ÷ limit).
     pub cells: Vec<(String, usize, u64, f64)>,
 }
 
 impl Verdict {
-    pub fn worst_ratio(&self) -> f64 {
+    pub(crate) fn worst_ratio(&self) -> f64 {
         self.cells.iter().map(|c| c.3).fold(0.0, f64::max)
     }
 }
@@ -68,7 +68,7 @@ impl fmt::Display for Verdict {
 }
 
 impl Admissions {
-    pub fn set_cells(&mut self, spec: &serde_json::Value) {
+    pub(crate) fn set_cells(&mut self, spec: &serde_json::Value) {
         self.cells = spec["cells"]
             .as_array()
             .map(|cells| {
@@ -88,7 +88,7 @@ impl Admissions {
             .unwrap_or_default();
     }
 
-    pub fn read(&mut self, text: &str) -> Result<(), String> {
+    pub(crate) fn read(&mut self, text: &str) -> Result<(), String> {
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             let fields: Vec<u64> = line
@@ -164,7 +164,7 @@ impl Admissions {
         placed
     }
 
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         let mut verdict = Verdict::default();
         for (index, (name, limit, _)) in self.cells.iter().enumerate() {
             let placed = self.placed(index, *limit);
@@ -190,7 +190,7 @@ impl Admissions {
         verdict
     }
 
-    pub fn total(&self, name: &str) -> u64 {
+    pub(crate) fn total(&self, name: &str) -> u64 {
         let cell = self.index(name);
         self.admitted
             .iter()
@@ -200,7 +200,7 @@ impl Admissions {
     }
 
     /// Admissions of a one-key cell per window (ambiguous ones placed).
-    pub fn by_window(&self, name: &str) -> BTreeMap<u64, u64> {
+    pub(crate) fn by_window(&self, name: &str) -> BTreeMap<u64, u64> {
         let cell = self.index(name);
         let mut windows = BTreeMap::new();
         for ((_, window), admitted) in self.placed(cell, self.cells[cell].1) {
@@ -213,7 +213,7 @@ impl Admissions {
     /// (the run starts and ends inside them). An admission counts in the
     /// window of its second reading: a token is spent just before the
     /// answer, while the first reading may precede it by a whole wait.
-    pub fn fill_of_whole_windows(&self, name: &str) -> f64 {
+    pub(crate) fn fill_of_whole_windows(&self, name: &str) -> f64 {
         let cell = self.index(name);
         let limit = self.cells[cell].1 as f64;
         let mut windows: BTreeMap<u64, u64> = BTreeMap::new();
@@ -234,7 +234,7 @@ impl Admissions {
             .fold(f64::MAX, f64::min)
     }
 
-    pub fn phases(&self, name: &str) -> (u64, u64) {
+    pub(crate) fn phases(&self, name: &str) -> (u64, u64) {
         let cell = self.index(name);
         (
             self.phases.get(&(cell, 0)).copied().unwrap_or(0),
@@ -243,7 +243,7 @@ impl Admissions {
     }
 
     /// The longest wait of each cell, in ms.
-    pub fn waits_ms(&self) -> Vec<(String, u64)> {
+    pub(crate) fn waits_ms(&self) -> Vec<(String, u64)> {
         let mut waits: Vec<_> = self
             .max_wait_us
             .iter()
@@ -253,11 +253,11 @@ impl Admissions {
         waits
     }
 
-    pub fn longest_wait_ms(&self) -> u64 {
+    pub(crate) fn longest_wait_ms(&self) -> u64 {
         self.max_wait_us.values().copied().max().unwrap_or(0) / 1_000
     }
 
-    pub fn offered(&self, name: &str) -> u64 {
+    pub(crate) fn offered(&self, name: &str) -> u64 {
         self.offered.get(&self.index(name)).copied().unwrap_or(0)
     }
 }

@@ -8,13 +8,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub struct DelayProxy {
+pub(crate) struct DelayProxy {
     addr: std::net::SocketAddr,
     stop: Arc<AtomicBool>,
 }
 
 impl DelayProxy {
-    pub fn start(upstream: &str, delay: Duration) -> Result<DelayProxy, String> {
+    pub(crate) fn start(upstream: &str, delay: Duration) -> Result<DelayProxy, String> {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -44,7 +44,7 @@ impl DelayProxy {
         Ok(DelayProxy { addr, stop })
     }
 
-    pub fn addr(&self) -> std::net::SocketAddr {
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
         self.addr
     }
 }

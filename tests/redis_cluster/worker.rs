@@ -22,7 +22,7 @@ use tm_auth::{RateLimit, RateLimiter};
 use crate::true_now_ms;
 
 /// The id of key `index` of cell `cell`: the same in every worker.
-pub fn key_id(cell: usize, index: u32) -> tm_auth::KeyId {
+pub(crate) fn key_id(cell: usize, index: u32) -> tm_auth::KeyId {
     format!("key_{:022}", cell as u64 * 1_000_000 + u64::from(index))
         .parse()
         .expect("a key id of 22 digits")
@@ -64,7 +64,7 @@ struct Log {
     phases: HashMap<(usize, u8), u64>,
 }
 
-pub fn run(spec: &str) -> i32 {
+pub(crate) fn run(spec: &str) -> i32 {
     let spec: Value = match serde_json::from_str(spec) {
         Ok(spec) => spec,
         Err(e) => {
@@ -265,7 +265,7 @@ async fn cell_traffic(
                 next += gap;
                 tokio::time::sleep_until(next).await;
             }
-            None if n % 16 == 0 => tokio::task::yield_now().await,
+            None if n.is_multiple_of(16) => tokio::task::yield_now().await,
             None => {}
         }
     }

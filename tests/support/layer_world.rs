@@ -7,14 +7,14 @@ use std::sync::OnceLock;
 
 use tm_auth::{ApiKeyLayer, KeyManager, KeyUpdate, MemoryStore, NewKey};
 
-pub struct World {
+pub(crate) struct World {
     pub runtime: tokio::runtime::Runtime,
     pub layer: ApiKeyLayer,
     /// Open, usable from 10.0.0.0/8 only, revoked.
     pub secrets: [String; 3],
 }
 
-pub fn world() -> &'static World {
+pub(crate) fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()

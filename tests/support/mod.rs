@@ -12,7 +12,7 @@ use tm_auth::{KeyHash, KeyId, KeyRecord, KeyStore, MemoryStore, StoreError};
 
 /// A store call, to choose where a fault strikes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
+pub(crate) enum Op {
     Insert,
     Find,
     Get,
@@ -24,7 +24,7 @@ pub enum Op {
 
 /// What happens on that call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Fail,
     /// Answer `StoreError::Conflict`, once.
     ConflictOnce,
@@ -36,27 +36,27 @@ pub enum Fault {
 
 /// Delegates to a `MemoryStore` unless a fault is set for the call.
 #[derive(Clone, Default)]
-pub struct FaultyStore {
+pub(crate) struct FaultyStore {
     pub inner: MemoryStore,
     faults: Arc<Mutex<HashMap<Op, Fault>>>,
     calls: Arc<Mutex<HashMap<Op, usize>>>,
 }
 
 impl FaultyStore {
-    pub fn new() -> FaultyStore {
+    pub(crate) fn new() -> FaultyStore {
         FaultyStore::default()
     }
 
-    pub fn set(&self, op: Op, fault: Fault) {
+    pub(crate) fn set(&self, op: Op, fault: Fault) {
         self.faults.lock().unwrap().insert(op, fault);
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.faults.lock().unwrap().clear();
     }
 
     /// How many times `op` was called.
-    pub fn calls(&self, op: Op) -> usize {
+    pub(crate) fn calls(&self, op: Op) -> usize {
         self.calls.lock().unwrap().get(&op).copied().unwrap_or(0)
     }
 
@@ -131,7 +131,7 @@ impl UsageStore for FaultyStore {
 
 /// Everything a `tracing` subscriber writes, kept for a test to read.
 #[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -145,13 +145,13 @@ impl std::io::Write for Capture {
 
 impl Capture {
     /// What was written so far.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
     /// A subscriber writing everything at `level` and above here, for this
     /// thread, until the guard is dropped.
-    pub fn install(level: tracing::Level) -> (Capture, tracing::subscriber::DefaultGuard) {
+    pub(crate) fn install(level: tracing::Level) -> (Capture, tracing::subscriber::DefaultGuard) {
         let capture = Capture::default();
         let writer = capture.clone();
         let subscriber = tracing_subscriber::fmt()

@@ -36,7 +36,7 @@ impl Slab {
     /// Appends a key; returns its position. One writer at a time.
     pub(crate) fn push(&self, record: &KeyRecord, owner: Arc<str>) -> u32 {
         let index = self.cold.count();
-        if index % CHUNK == 0 {
+        if index.is_multiple_of(CHUNK) {
             // A chunk is allocated whole: a blank hot part is all zeros.
             self.hot
                 .push((0..CHUNK).map(|_| AlignedHot::default()).collect());
