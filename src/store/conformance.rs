@@ -13,8 +13,9 @@
 //! ```
 //!
 //! For a database, have the closure create a new schema, database or file.
-//! The checks use timestamps with millisecond precision (what DESIGN.md asks
-//! a store to keep) and IPv4 and IPv6 allowlists. On failure the error lists
+//! The checks use timestamps with millisecond precision (the precision a
+//! store must keep: records are compared to the millisecond) and IPv4 and
+//! IPv6 allowlists. On failure the error lists
 //! every failed check by name with what was wrong.
 //!
 //! What they check: records round-trip unchanged; duplicates by id or by hash

@@ -336,9 +336,11 @@ impl Dispatcher {
 pub struct NoRuntime;
 
 /// The background task [`KeyManager::spawn_usage_task`](crate::KeyManager::spawn_usage_task)
-/// starts: it flushes counts every interval and delivers observer events.
-/// Call [`shutdown`](UsageTask::shutdown) when the server stops, so pending
-/// counts reach the store.
+/// starts: it writes the counts to the usage store every interval. Call
+/// [`shutdown`](UsageTask::shutdown) when the server stops, so pending
+/// counts reach the store. (Observer events do not depend on it: the
+/// manager's own observer thread delivers them; see
+/// [`UsageConfig::observer`].)
 #[derive(Debug)]
 pub struct UsageTask {
     pub(crate) stop: Option<tokio::sync::oneshot::Sender<()>>,
