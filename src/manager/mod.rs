@@ -32,7 +32,7 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(3);
 ///
 /// Cheap to clone (clones share the store), `Send + Sync`. Store calls are
 /// bounded by a timeout ([`DEFAULT_STORE_TIMEOUT`] unless set with
-/// [`with_store_timeout`](KeyManager::with_store_timeout)); the timeout
+/// [`KeyManagerBuilder::store_timeout`]); the timeout
 /// needs a Tokio runtime with its timer enabled, as `#[tokio::main]` sets up.
 ///
 /// Calls by id are not scoped to an owner: a server that lets key holders

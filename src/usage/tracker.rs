@@ -483,8 +483,8 @@ impl Tracker {
 
 impl Drop for Tracker {
     /// Hands the entries' counters back, so the next tracker over the same
-    /// store (say, after [`KeyManager::with_usage`](crate::KeyManager::with_usage))
-    /// counts inline from a clean block instead of in its own map.
+    /// store (say, a second manager built over it) counts inline from a
+    /// clean block instead of in its own map.
     fn drop(&mut self) {
         for (_, tracked) in self.keys.pin().iter() {
             for entry in tracked.entries().iter() {
