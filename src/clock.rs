@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A source of the current time.
 ///
 /// [`KeyManager`](crate::KeyManager) decides expiry with its clock and
-/// counts usage and rate limits by it; [`SystemClock`] is the default and
+/// counts usage by it, and the [`InProcessRateLimiter`](crate::InProcessRateLimiter)
+/// its windows (a shared limiter may keep time its own way: `RedisLimiter`
+/// follows Redis's clock). [`SystemClock`] is the default and
 /// [`ManualClock`] is for tests.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.

@@ -5,7 +5,7 @@
 //! | method and path | does | answers |
 //! | --- | --- | --- |
 //! | `POST /keys` | create (`name`, optional `environment`, `allowed_ips`) | 201 `{key, warning, record}` — the only response that ever holds a key |
-//! | `GET /keys` | list the owner's keys, revoked ones included | 200 `{keys: [record]}` |
+//! | `GET /keys?limit=&after=` | a page of the owner's keys, oldest first, revoked ones included (100 a page unless `limit` says otherwise, at most 1 000; `after` is the previous page's `next`) | 200 `{keys: [record], next}` |
 //! | `PATCH /keys/{id}` | change `name` and/or `allowed_ips`; any other field is refused | 200 `{record}` |
 //! | `POST /keys/{id}/revoke` | revoke, at once and for good | 200 `{record}` |
 //! | `POST /keys/{id}/rotate` | a new key; the old one keeps working for `grace_period_seconds` (default 86 400, at most 30 days) | 201 `{key, warning, record, previous}` |
@@ -16,7 +16,8 @@
 //! `{"error", "code"}` JSON: 400 for bad input (an invalid CIDR names the
 //! entry), 401 when `authorize` refuses, 404 `key_not_found` for an unknown
 //! id *and* for another owner's id (it never reveals that a key exists), 409
-//! for a revoked or expired key, 415 for a write not sent as
+//! for a revoked or expired key and for an owner at its limit of active
+//! keys (`too_many_keys`), 415 for a write not sent as
 //! `application/json` (which a browser cannot send cross-site without a
 //! CORS preflight: a defence against cross-site request forgery when your
 //! `authorize` reads a cookie), 503 when the store fails.

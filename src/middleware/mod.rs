@@ -47,7 +47,7 @@ pub type ResponseBody<B> = Either<B, Full<Bytes>>;
 /// `axum::Router::layer`, hyper-util and tower stacks alike.
 ///
 /// Checks run in this order and the first failure answers: header, key
-/// format, lookup, revoked, expired, environment, client IP.
+/// format, lookup, revoked, expired, environment, client IP, rate limit.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -48,7 +48,8 @@ CREATE TABLE tm_auth_usage (
 );
 "#];
 
-/// Rows per usage statement: SQLite allows 32 766 parameters, nine a row.
+/// Rows per usage statement: at nine parameters a row, 9 000, well within
+/// SQLite's limit of 32 766.
 const USAGE_ROWS_PER_STATEMENT: usize = 1_000;
 
 /// Keys in SQLite: persistent, for one machine (several processes on it may
