@@ -23,12 +23,8 @@ export LIMIT=${LIMIT:-4000000000/86400}
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 redis-cli ping >/dev/null || { echo "Redis must answer on 127.0.0.1:6379" >&2; exit 2; }
-pin_server=(); pin_wrk=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0); pin_wrk=(taskset -c 1)
-fi
-cargo build --release --quiet --features redis --example load_server
-server=target/release/examples/load_server
+server_features=redis
+source benches/scripts/server.sh
 
 calls() { # EVALSHA + EVAL calls so far
   redis-cli info commandstats | tr -d '\r' |
@@ -38,17 +34,12 @@ calls() { # EVALSHA + EVAL calls so far
 run() { # $1 = local|redis|eval; prints "rps p99_ms commands_per_admitted fill"
   local keyfile log out rps p99 before after non2xx total fill
   keyfile=$(mktemp); log=$(mktemp)
-  LIMITER=$1 AUTH=on ADDR=$addr "${pin_server[@]}" "$server" >"$keyfile" 2>"$log" &
-  local pid=$!
-  for _ in $(seq 200); do
-    [ -s "$keyfile" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  LIMITER=$1 server_log=$log start_server on "$keyfile" "${pin_server[@]}"
   before=$(calls)
   out=$("${pin_wrk[@]}" wrk -t1 -c50 -d"${seconds}s" --latency \
         -H "Authorization: Bearer $(head -1 "$keyfile")" "http://$addr/")
   after=$(calls)
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 }
          else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 }
@@ -57,7 +48,7 @@ run() { # $1 = local|redis|eval; prints "rps p99_ms commands_per_admitted fill"
   non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out"); non2xx=${non2xx:-0}
   # Let in ÷ limit over whole windows (the limit per second, when reached).
   fill=$(awk -v limit="${LIMIT%%/*}" -v secs="${LIMIT##*/}" '
-    /^window/ { n++; sum += $4 / (limit / secs); if (min == "" || $4 / (limit / secs) < min) min = $4 / (limit / secs) }
+    /^window/ { n++; f = $4 / (limit / secs); if (min == "" || f < min) min = f }
     END { if (n) printf "%.4f", min; else print "-" }' "$log")
   awk -v r="$rps" -v p="$p99" -v c="$((after - before))" -v t="$total" -v x="$non2xx" -v f="$fill" \
     'BEGIN { printf "%s %s %.5f %s\n", r, p, c / (t - x), f }'
