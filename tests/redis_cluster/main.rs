@@ -33,6 +33,7 @@ fn main() {
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let scenarios: Vec<(&str, Scenario)> = vec![
         ("grid", grid),
+        ("liveness", liveness),
         ("local_limiter_overshoots", local_limiter_overshoots),
         ("window_edges", window_edges),
         ("clock_skew", clock_skew),
@@ -229,13 +230,39 @@ fn grid() -> Result<(), String> {
         let admissions = run_clean(n, spec, |_, _| {})?;
         println!("N = {n}");
         check(&admissions)?;
-        // Liveness: a single hot key is let in close to its limit in every
-        // whole 1 s window of the run (leases that reach their server after
-        // their window ended lapse: under-use, never overshoot).
-        for (name, least) in [("k1-l10-w1s", 0.9), ("k1-l1000-w1s", 0.9)] {
+        // Under this overload (every cell as fast as a debug build of N
+        // processes can offer it on the machine's cores) a lease's round
+        // trip is mostly waiting for a core, so fill is printed, not
+        // checked; `liveness` checks it under a load the machine carries.
+        for name in ["k1-l10-w1s", "k1-l1000-w1s"] {
             let fill = admissions.fill_of_whole_windows(name);
             println!("{name}: whole 1 s windows filled to {fill:.3} of the limit");
-            if fill < least {
+        }
+    }
+    Ok(())
+}
+
+/// A single hot key, offered twice its limit spread over N = 2, 4, 8
+/// servers, is let in close to its limit in every whole 1 s window: leases
+/// that reach their server after their window ended lapse, which is
+/// under-use, never overshoot, and must stay small.
+fn liveness() -> Result<(), String> {
+    for n in [2usize, 4, 8] {
+        let cells = [("k1-l10-w1s", 10u32), ("k1-l1000-w1s", 1_000)]
+            .into_iter()
+            .map(|(name, limit)| {
+                let mut c = cell(name, 1, limit, 1_000);
+                c["rate"] = json!((2 * limit as usize).div_ceil(n).max(4));
+                c
+            })
+            .collect();
+        let admissions = run_clean(n, base_spec("liveness", 3_600, cells), |_, _| {})?;
+        println!("N = {n}");
+        check(&admissions)?;
+        for name in ["k1-l10-w1s", "k1-l1000-w1s"] {
+            let fill = admissions.fill_of_whole_windows(name);
+            println!("{name}: whole 1 s windows filled to {fill:.3} of the limit");
+            if fill < 0.9 {
                 return Err(format!("{name}: whole windows filled to only {fill:.3}"));
             }
         }
