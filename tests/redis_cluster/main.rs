@@ -230,10 +230,8 @@ fn grid() -> Result<(), String> {
         let admissions = run_clean(n, spec, |_, _| {})?;
         println!("N = {n}");
         check(&admissions)?;
-        // Under this overload (every cell as fast as a debug build of N
-        // processes can offer it on the machine's cores) a lease's round
-        // trip is mostly waiting for a core, so fill is printed, not
-        // checked; `liveness` checks it under a load the machine carries.
+        // With 32 cells at once a lease's round trip is mostly a wait for
+        // a core, so fill is printed, not checked; `liveness` checks it.
         for name in ["k1-l10-w1s", "k1-l1000-w1s"] {
             let fill = admissions.fill_of_whole_windows(name);
             println!("{name}: whole 1 s windows filled to {fill:.3} of the limit");

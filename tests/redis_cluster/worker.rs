@@ -118,22 +118,34 @@ async fn drive(spec: Value) -> i32 {
     let log_each = spec["log_each"].as_bool().unwrap_or(false);
     let edge_burst = spec["edge_bursts_ms"].as_u64();
     let worker = spec["worker"].as_u64().unwrap_or(0);
+    let cells = spec["cells"].as_array().cloned().unwrap_or_default();
+    // Key ids are parsed before traffic starts: 10 000 of them, parsed by
+    // each task as it began, held a debug build's only thread for about a
+    // second, and every lease asked for meanwhile timed out.
+    let ids: Vec<Arc<Vec<tm_auth::KeyId>>> = cells
+        .iter()
+        .enumerate()
+        .map(|(index, cell)| {
+            let keys = cell["keys"].as_u64().unwrap_or(1) as u32;
+            Arc::new((0..keys).map(|i| key_id(index, i)).collect())
+        })
+        .collect();
     let now = true_now_ms();
     if start_at > now {
         tokio::time::sleep(Duration::from_millis(start_at - now)).await;
     }
     let log = Arc::new(Mutex::new(Log::default()));
     let mut tasks = Vec::new();
-    let cells = spec["cells"].as_array().cloned().unwrap_or_default();
     for (index, cell) in cells.into_iter().enumerate() {
         for task in 0..cell["tasks"].as_u64().unwrap_or(1) {
             let limiter = Arc::clone(&limiter);
             let log = Arc::clone(&log);
             let cell = cell.clone();
+            let ids = Arc::clone(&ids[index]);
             let seed = (worker + 1) * 0x9E37_79B9 + (index as u64 + 1) * 7_919 + task * 104_729;
             tasks.push(tokio::spawn(async move {
                 cell_traffic(
-                    index, &cell, &*limiter, &log, seed, start_at, stop_at, skew, log_each,
+                    index, &cell, &ids, &*limiter, &log, seed, start_at, stop_at, skew, log_each,
                     edge_burst,
                 )
                 .await
@@ -177,6 +189,7 @@ static REDIS: Mutex<Option<RedisLimiter>> = Mutex::new(None);
 async fn cell_traffic(
     index: usize,
     cell: &Value,
+    ids: &[tm_auth::KeyId],
     limiter: &dyn RateLimiter,
     log: &Mutex<Log>,
     mut rng: u64,
@@ -205,7 +218,6 @@ async fn cell_traffic(
     let rate = cell["rate"].as_u64().unwrap_or(0);
     let tasks = cell["tasks"].as_u64().unwrap_or(1);
     let gap = (rate > 0).then(|| Duration::from_micros(1_000_000 * tasks / rate));
-    let ids: Vec<_> = (0..keys).map(|i| key_id(index, i)).collect();
     let zipf = Zipf::new(keys);
     let mut stdout = std::io::stdout();
     let mut n = 0u64;
