@@ -10,6 +10,7 @@ use crate::header::{BearerError, HeaderError, KeyRejection, MisplacedKey};
 use crate::key::{Environment, KeyFormatError, RandomnessError};
 use crate::rate_limit::retry_after_secs;
 use crate::record::TextError;
+use crate::scope::Scope;
 use crate::store::StoreError;
 
 /// Why a request was not authenticated.
@@ -69,6 +70,13 @@ pub enum AuthError {
         /// The client address, if it could be determined.
         client_ip: Option<IpAddr>,
     },
+    /// The key is valid but lacks the scope the route requires (see
+    /// [`RequireScopeLayer`](crate::RequireScopeLayer)).
+    #[error("the API key lacks the required scope {required}")]
+    InsufficientScope {
+        /// The scope the route requires.
+        required: Scope,
+    },
     /// The key is over its rate limit.
     #[error("the API key is over its rate limit")]
     RateLimited {
@@ -96,6 +104,7 @@ impl AuthError {
             AuthError::Expired => "api_key_expired",
             AuthError::WrongEnvironment { .. } => "wrong_environment",
             AuthError::IpNotAllowed { .. } => "ip_not_allowed",
+            AuthError::InsufficientScope { .. } => "insufficient_scope",
             AuthError::RateLimited { .. } => "rate_limited",
             AuthError::StoreUnavailable(_) => "key_store_unavailable",
         }
@@ -104,7 +113,9 @@ impl AuthError {
     /// The HTTP status: 401, 403, 429 or 503.
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::IpNotAllowed { .. } => StatusCode::FORBIDDEN,
+            AuthError::IpNotAllowed { .. } | AuthError::InsufficientScope { .. } => {
+                StatusCode::FORBIDDEN
+            }
             AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
@@ -114,6 +125,9 @@ impl AuthError {
     /// The public message, TrueMail's `error` field: deliberately the same
     /// for every 401, so a caller cannot probe which keys exist.
     pub fn message(&self) -> &'static str {
+        if let AuthError::InsufficientScope { .. } = self {
+            return "API key lacks the required scope";
+        }
         match self.status() {
             StatusCode::FORBIDDEN => "IP address not allowed",
             StatusCode::TOO_MANY_REQUESTS => "Rate limit exceeded",
@@ -188,6 +202,10 @@ impl AuthError {
                 "This key may only be used from the addresses in its IP restrictions, and the \
                  server could not determine the request's address.",
             ),
+            AuthError::InsufficientScope { required } => Cow::Owned(format!(
+                "This request needs an API key with the scope {required}, and this key's scopes \
+                 do not include it. Use a key that has it, or add it to this key's scopes."
+            )),
             AuthError::RateLimited { retry_after, .. } => Cow::Owned(format!(
                 "This key has made more requests than its limit allows. Retry after {} seconds.",
                 retry_after_secs(*retry_after)
@@ -246,6 +264,10 @@ pub enum ManagerError {
         /// How many were given.
         given: usize,
     },
+    /// A scope, or the set of scopes, was refused (see
+    /// [`Scope`](crate::Scope)).
+    #[error("invalid scopes: {0}")]
+    InvalidScope(#[from] crate::scope::ScopeError),
     /// The owner already has as many active keys as
     /// [`KeyLimits::active_keys_per_owner`](crate::KeyLimits::active_keys_per_owner)
     /// allows; nothing was created.
@@ -315,6 +337,9 @@ mod tests {
             AuthError::IpNotAllowed {
                 client_ip: Some("203.0.113.9".parse().unwrap()),
             },
+            AuthError::InsufficientScope {
+                required: Scope::from_static("emails:verify"),
+            },
             AuthError::RateLimited {
                 retry_after: Duration::from_millis(1500),
                 limit: 10,
@@ -344,6 +369,11 @@ mod tests {
             ("wrong_environment", 401, "Invalid API key"),
             ("ip_not_allowed", 403, "IP address not allowed"),
             ("ip_not_allowed", 403, "IP address not allowed"),
+            (
+                "insufficient_scope",
+                403,
+                "API key lacks the required scope",
+            ),
             ("rate_limited", 429, "Rate limit exceeded"),
             ("key_store_unavailable", 503, "Service unavailable"),
         ];

@@ -69,6 +69,7 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod audit;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod clock;
@@ -86,6 +87,7 @@ mod record;
 pub mod redis_limiter;
 #[cfg(feature = "client")]
 pub mod scan;
+mod scope;
 pub mod store;
 pub mod usage;
 mod verify;
@@ -97,10 +99,10 @@ pub use key::{
     RandomnessError, TmKey, UnknownEnvironment, KEY_LEN,
 };
 pub use limits::{KeyLimits, DEFAULT_ACTIVE_KEYS_PER_OWNER, DEFAULT_ALLOWED_IPS_PER_KEY};
-pub use manager::{CreatedKey, KeyManager, KeyManagerBuilder, DEFAULT_STORE_TIMEOUT};
+pub use manager::{Acting, CreatedKey, KeyManager, KeyManagerBuilder, DEFAULT_STORE_TIMEOUT};
 pub use middleware::{
-    ApiKeyLayer, ApiKeyService, ClientIpHeader, InvalidRealm, PeerAddr, Realm, ResponseBody,
-    ResponseFuture,
+    ApiKeyLayer, ApiKeyService, ClientIpHeader, InvalidRealm, PeerAddr, Realm, RequireScope,
+    RequireScopeFuture, RequireScopeLayer, ResponseBody, ResponseFuture,
 };
 pub use page::{KeyPage, Page, MAX_PAGE};
 pub use rate_limit::{
@@ -108,6 +110,7 @@ pub use rate_limit::{
     RateLimiter, RATE_LIMIT_WINDOWS,
 };
 pub use record::{KeyRecord, KeyStatus, KeyUpdate, NewKey, TextError, MAX_TEXT_LEN};
+pub use scope::{Scope, ScopeError, MAX_SCOPES_PER_KEY, MAX_SCOPE_LEN};
 pub use store::{KeyStore, MemoryStore, StoreError, UsageStore};
 pub use usage::{KeyUsage, UsageConfig, UsageObserver, UsageTask};
 pub use verify::{AuthenticatedKey, VerifyOptions};

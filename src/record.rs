@@ -7,6 +7,7 @@ use ipnetwork::IpNetwork;
 
 use crate::key::{Environment, KeyHash, KeyHint, KeyId};
 use crate::rate_limit::RateLimit;
+use crate::scope::Scope;
 
 /// Where a key stands at a given moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,6 +68,9 @@ pub struct KeyRecord {
     pub name: String,
     /// When the key was created.
     pub created_at: SystemTime,
+    /// What the key may do, sorted and without repeats; empty means
+    /// unrestricted (see [`Scope`]).
+    pub scopes: Vec<Scope>,
 }
 
 impl KeyRecord {
@@ -91,6 +95,12 @@ impl KeyRecord {
     /// address inside one of its networks.
     pub fn allows_ip(&self, client_ip: Option<IpAddr>) -> bool {
         crate::net::ip_allowed(&self.allowed_ips, client_ip)
+    }
+
+    /// Whether the key may do what `scope` names: always for a key with no
+    /// scopes (unrestricted), otherwise only if `scope` is one of them.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        crate::scope::grants(&self.scopes, scope)
     }
 }
 
@@ -160,14 +170,15 @@ fn check_text(text: &str, forbidden: impl Fn(char) -> bool) -> Result<(), TextEr
 }
 
 /// What to create: owner and name are required, the rest has defaults
-/// (a live key, usable from any address, never expiring).
+/// (a live key, usable from any address, unrestricted, never expiring).
 ///
 /// ```
 /// use tm_auth::{Environment, NewKey};
 ///
 /// let new = NewKey::new("acct_42", "Development - Local Testing")
 ///     .environment(Environment::Test)
-///     .allowed_ips(["127.0.0.1/32".parse().unwrap()]);
+///     .allowed_ips(["127.0.0.1/32".parse().unwrap()])
+///     .scopes(["emails:verify", "lists:read"]);
 /// # let _ = new;
 /// ```
 #[derive(Debug, Clone)]
@@ -178,6 +189,7 @@ pub struct NewKey {
     pub(crate) allowed_ips: Vec<IpNetwork>,
     pub(crate) expires_at: Option<SystemTime>,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) scopes: Vec<String>,
 }
 
 impl NewKey {
@@ -190,7 +202,22 @@ impl NewKey {
             allowed_ips: Vec::new(),
             expires_at: None,
             rate_limit: None,
+            scopes: Vec::new(),
         }
+    }
+
+    /// Restricts the key to these scopes (see [`Scope`]); without any the
+    /// key is unrestricted. Checked when the key is created: each scope is
+    /// 1 to 64 characters of `a-z 0-9 _ : . -`, at most 32 distinct ones
+    /// ([`ManagerError::InvalidScope`](crate::ManagerError::InvalidScope)
+    /// otherwise).
+    pub fn scopes<I, S>(mut self, scopes: I) -> NewKey
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Limits the key's requests (a provider's setting; see [`RateLimit`]).
@@ -218,8 +245,8 @@ impl NewKey {
     }
 }
 
-/// An edit of a key: the name and/or the IP allowlist (what a key holder may
-/// change), and the provider's rate limit. The key itself can never be seen
+/// An edit of a key: the name, the IP allowlist and the scopes (what a key
+/// holder may change), and the provider's rate limit. The key itself can never be seen
 /// or changed after creation. A management surface for key holders must
 /// not pass their input to [`rate_limit`](KeyUpdate::rate_limit).
 ///
@@ -236,6 +263,7 @@ pub struct KeyUpdate {
     pub(crate) name: Option<String>,
     pub(crate) allowed_ips: Option<Vec<IpNetwork>>,
     pub(crate) rate_limit: Option<Option<RateLimit>>,
+    pub(crate) scopes: Option<Vec<String>>,
 }
 
 impl KeyUpdate {
@@ -263,9 +291,24 @@ impl KeyUpdate {
         self
     }
 
+    /// Replaces the scopes, checked as [`NewKey::scopes`] checks them. An
+    /// empty list lifts every restriction: the key becomes unrestricted.
+    /// Narrowing takes effect on the key's next request.
+    pub fn scopes<I, S>(mut self, scopes: I) -> KeyUpdate
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Whether the edit changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.allowed_ips.is_none() && self.rate_limit.is_none()
+        self.name.is_none()
+            && self.allowed_ips.is_none()
+            && self.rate_limit.is_none()
+            && self.scopes.is_none()
     }
 }
 
@@ -325,7 +368,7 @@ mod tests {
     fn hot_fields_fit_two_cache_lines_with_the_arc_counts() {
         // 16 bytes of `Arc` counts, then everything a verification without
         // an environment check reads (up to the rate limit), in 128 bytes.
-        assert_eq!(std::mem::size_of::<KeyRecord>(), 184);
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 208);
         assert_eq!(std::mem::offset_of!(KeyRecord, rate_limit), 88);
         assert_eq!(std::mem::offset_of!(KeyRecord, id), 96);
         assert_eq!(std::mem::offset_of!(KeyRecord, environment), 112);
@@ -346,6 +389,7 @@ mod tests {
             expires_at: Some(now),
             revoked_at: None,
             rate_limit: None,
+            scopes: Vec::new(),
         };
         assert_eq!(
             record.status_at(now),

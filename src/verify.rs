@@ -17,6 +17,7 @@ use crate::key::{Environment, KeyHash, KeyHint, TmKey};
 use crate::manager::KeyManager;
 use crate::rate_limit::{Admission, AdmissionFuture, RateLimit, RateLimitStatus};
 use crate::record::KeyRecord;
+use crate::scope::Scope;
 use crate::store::memory::fast::Seal;
 use crate::store::memory::Entry;
 use crate::store::memory::StoredKeyRef;
@@ -73,6 +74,9 @@ pub struct AuthenticatedKey {
     record: Found,
     /// The name, copied from an in-memory entry when first asked for.
     name: OnceLock<Arc<str>>,
+    /// The scopes, read from an in-memory entry when first asked for
+    /// (`None`: unrestricted).
+    scopes: OnceLock<Option<Arc<Vec<Scope>>>>,
     rate_limit: Option<RateLimitStatus>,
 }
 
@@ -200,6 +204,40 @@ impl AuthenticatedKey {
     /// Where the key stands in its rate-limit window, if it has a limit.
     pub fn rate_limit(&self) -> Option<RateLimitStatus> {
         self.rate_limit
+    }
+
+    /// The key's scopes; empty for an unrestricted key. For a key an
+    /// in-memory store keeps, they are read when first asked for, so a
+    /// narrowing that returned before then already applies.
+    pub fn scopes(&self) -> &[Scope] {
+        match &self.record {
+            Found::Record(record) => &record.scopes,
+            Found::Stored(entry) => self
+                .scopes
+                .get_or_init(|| entry.entry().scopes())
+                .as_deref()
+                .map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// Whether the key may do what `scope` names: always for an
+    /// unrestricted key (no scopes), otherwise only if `scope` is one of
+    /// its scopes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tm_auth::{KeyManager, MemoryStore, NewKey};
+    ///
+    /// let manager = KeyManager::new(MemoryStore::new());
+    /// let new = NewKey::new("acct_42", "Zapier").scopes(["emails:verify"]);
+    /// let created = manager.create(new).await?;
+    /// let who = manager.verify(created.key.expose_secret(), None).await?;
+    /// assert!(who.has_scope("emails:verify"));
+    /// assert!(!who.has_scope("lists:write"));
+    /// # Ok(()) }
+    /// ```
+    pub fn has_scope(&self, scope: &str) -> bool {
+        crate::scope::grants(self.scopes(), scope)
     }
 }
 
@@ -344,6 +382,7 @@ impl KeyManager {
             Ok(Checked::Done(rate_limit)) => Ready::Done(Ok(AuthenticatedKey {
                 record,
                 name: OnceLock::new(),
+                scopes: OnceLock::new(),
                 rate_limit,
             })),
             Ok(Checked::Later {
@@ -398,6 +437,7 @@ impl KeyManager {
         Ok(AuthenticatedKey {
             record,
             name: OnceLock::new(),
+            scopes: OnceLock::new(),
             rate_limit: Some(rate_limit),
         })
     }

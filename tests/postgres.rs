@@ -260,6 +260,63 @@ async fn an_allowlist_edit_reaches_a_cached_server_within_the_bound() {
     assert!(max < bound);
 }
 
+/// A narrowing of a key's scopes made on one server is refused by a route
+/// that needs the removed scope on another, cached server, within the
+/// cache's bound: the scopes travel with the record through the change feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_narrowing_reaches_a_cached_server_within_the_bound() {
+    use std::convert::Infallible;
+    use tm_auth::{ApiKeyLayer, RequireScopeLayer};
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    let config = CacheConfig::new();
+    let bound = config.staleness();
+    let (one, two, cache, _) = two_servers(config).await;
+    let route = ServiceBuilder::new()
+        .layer(ApiKeyLayer::new(two.clone()))
+        .layer(RequireScopeLayer::new("emails:verify"))
+        .service(service_fn(|_: http::Request<String>| async {
+            Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+        }));
+    let call = |secret: String| {
+        let route = route.clone();
+        async move {
+            let request = http::Request::builder()
+                .header("authorization", format!("Bearer {secret}"))
+                .body(String::new())
+                .unwrap();
+            route.oneshot(request).await.unwrap().status()
+        }
+    };
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let created = one
+            .create(
+                NewKey::new("acct", format!("Integration {i}"))
+                    .scopes(["emails:verify", "lists:read"]),
+            )
+            .await
+            .unwrap();
+        warm(&two, &cache, &created).await;
+        let secret = created.key.expose_secret().to_owned();
+        assert_eq!(call(secret.clone()).await, 200, "allowed before the edit");
+        one.update(&created.record.id, KeyUpdate::new().scopes(["lists:read"]))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            match call(secret.clone()).await.as_u16() {
+                403 => break,
+                _ if start.elapsed() > bound => panic!("not refused within {bound:?}"),
+                _ => tokio::task::yield_now().await,
+            }
+        }
+        times.push(start.elapsed());
+    }
+    let (_, max) = report("scope narrowing propagation over 20 edits", times);
+    assert!(max < bound);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_inserted_elsewhere_clears_the_unknown_entry() {
     let config = CacheConfig::new();
@@ -606,5 +663,5 @@ async fn a_store_over_the_callers_pool_migrates_when_asked_and_once() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2, 3], "each migration ran once");
+    assert_eq!(versions, [1, 2, 3, 4], "each migration ran once");
 }

@@ -46,6 +46,7 @@ async fn main() {
             expires_at: None,
             revoked_at: None,
             rate_limit: None,
+            scopes: Vec::new(),
         };
         store.insert(record).await.expect("insert");
     }

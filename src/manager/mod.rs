@@ -15,12 +15,18 @@ use crate::key::TmKey;
 use crate::limits::{KeyLimits, OwnerLocks};
 use crate::page::{KeyPage, Page, MAX_PAGE};
 use crate::rate_limit::{InProcessRateLimiter, RateLimiter};
-use crate::record::{validate_name, validate_owner, KeyRecord, KeyStatus, KeyUpdate, NewKey};
-use crate::store::{KeyStore, MemoryUsageStore, StoreError, StoreUpdate, UsageStore};
+use crate::record::KeyRecord;
+use crate::store::{
+    AuditStore, KeyStore, MemoryAuditStore, MemoryUsageStore, StoreError, UsageStore,
+};
 use crate::usage::{Dispatcher, Tracker, UsageConfig, UsageObserver};
 
+mod actions;
+mod audit;
 mod usage;
 
+pub use audit::Acting;
+use audit::KeyStoreAudit;
 use usage::KeyStoreUsage;
 
 /// How long a store call may take before it counts as a failure, unless
@@ -72,9 +78,12 @@ struct Inner {
     usage: Arc<Tracker>,
     limits: KeyLimits,
     rate_limiter: Arc<dyn RateLimiter>,
-    /// Shared by every manager built from this one, so their creations for
-    /// one owner are serialised together.
+    /// Shared by every manager built from this one, so their changes to
+    /// one owner's keys, and the audit events of those changes, are
+    /// serialised together.
     owner_locks: Arc<OwnerLocks>,
+    audit: Arc<dyn AuditStore>,
+    audit_to_tracing: bool,
 }
 
 /// A key just created: the key itself (shown once, never stored) and its record.
@@ -122,6 +131,8 @@ pub struct KeyManagerBuilder {
     store_timeout: Duration,
     limits: KeyLimits,
     rate_limiter: Option<Arc<dyn RateLimiter>>,
+    audit_store: Option<Arc<dyn AuditStore>>,
+    audit_to_tracing: bool,
 }
 
 impl fmt::Debug for KeyManagerBuilder {
@@ -189,6 +200,26 @@ impl KeyManagerBuilder {
         self
     }
 
+    /// Keeps the audit trail in `store` rather than in the key store's own
+    /// ([`KeyStore::audit_store`]), or rather than in a
+    /// [`MemoryAuditStore`](crate::store::MemoryAuditStore) when the key
+    /// store keeps none.
+    pub fn audit_store(mut self, store: impl AuditStore) -> KeyManagerBuilder {
+        self.audit_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Also writes every audit event to `tracing`, at `INFO` level with the
+    /// target `tm_auth::audit` and these fields, whose names are stable:
+    /// `audit_id`, `action`, `outcome` (`done` or `refused`), `reason`,
+    /// `owner`, `key_id`, `new_key_id`, `actor`, `client_ip` and `changed`
+    /// (the changed fields' names, comma-separated). Values are never a key
+    /// or a hash. Off by default.
+    pub fn audit_to_tracing(mut self, on: bool) -> KeyManagerBuilder {
+        self.audit_to_tracing = on;
+        self
+    }
+
     /// The manager.
     pub fn build(mut self) -> KeyManager {
         if let Some(observer) = self.observer {
@@ -203,6 +234,13 @@ impl KeyManagerBuilder {
             }
             None => Arc::new(MemoryUsageStore::new()),
         };
+        let audit: Arc<dyn AuditStore> = match self.audit_store {
+            Some(store) => store,
+            None if self.store.audit_store().is_some() => {
+                Arc::new(KeyStoreAudit(Arc::clone(&self.store)))
+            }
+            None => Arc::new(MemoryAuditStore::new()),
+        };
         KeyManager {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -215,6 +253,8 @@ impl KeyManagerBuilder {
                     .rate_limiter
                     .unwrap_or_else(|| Arc::new(InProcessRateLimiter::new())),
                 owner_locks: Arc::new(OwnerLocks::new()),
+                audit,
+                audit_to_tracing: self.audit_to_tracing,
             }),
         }
     }
@@ -261,6 +301,8 @@ impl KeyManager {
             store_timeout: DEFAULT_STORE_TIMEOUT,
             limits: KeyLimits::default(),
             rate_limiter: None,
+            audit_store: None,
+            audit_to_tracing: false,
         }
     }
 
@@ -275,6 +317,8 @@ impl KeyManager {
             limits: self.inner.limits,
             rate_limiter: Arc::clone(&self.inner.rate_limiter),
             owner_locks: Arc::clone(&self.inner.owner_locks),
+            audit: Arc::clone(&self.inner.audit),
+            audit_to_tracing: self.inner.audit_to_tracing,
         };
         change(&mut inner);
         KeyManager {
@@ -380,73 +424,6 @@ impl KeyManager {
             .unwrap_or(Err(StoreError::Timeout))
     }
 
-    /// Creates a key. The returned [`CreatedKey::key`] is the only time the
-    /// key is seen; the store keeps its hash.
-    ///
-    /// Refused with [`ManagerError::TooManyKeys`] when the owner already
-    /// has as many active keys as [`KeyLimits`] allows.
-    pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManagerError> {
-        self.create_within_limit(new, false).await
-    }
-
-    /// Creates a key once the owner has room for it. `replacing` says the
-    /// new key takes the place of an active key that ends as it starts (a
-    /// rotation with no grace period), so it needs no room of its own.
-    async fn create_within_limit(
-        &self,
-        new: NewKey,
-        replacing: bool,
-    ) -> Result<CreatedKey, ManagerError> {
-        validate_owner(&new.owner).map_err(ManagerError::InvalidOwner)?;
-        let name = validate_name(&new.name).map_err(ManagerError::InvalidName)?;
-        self.check_allowlist(new.allowed_ips.len())?;
-        // The count and the insert that follows it run alone for this owner.
-        let _owner = self.inner.owner_locks.lock(&new.owner).await;
-        let limit = self.inner.limits.active_keys();
-        let active = self
-            .bounded(None, self.inner.store.count_active(&new.owner, self.now()))
-            .await?;
-        let room = if replacing {
-            limit.saturating_add(1)
-        } else {
-            limit
-        };
-        if active >= room {
-            return Err(ManagerError::TooManyKeys { limit });
-        }
-        // A store may refuse a fresh key as a duplicate (ids are random, and
-        // a store of your own may index part of them); another draw is then
-        // as good as the first.
-        let mut attempts = 0;
-        let (key, record) = loop {
-            let key = TmKey::try_generate(new.environment)?;
-            let record = KeyRecord {
-                id: KeyId::try_generate()?,
-                owner: new.owner.clone(),
-                name: name.clone(),
-                environment: new.environment,
-                hint: key.hint(),
-                hash: key.hash(),
-                allowed_ips: new.allowed_ips.clone(),
-                created_at: self.now(),
-                expires_at: new.expires_at,
-                revoked_at: None,
-                rate_limit: new.rate_limit,
-            };
-            attempts += 1;
-            match self
-                .bounded(None, self.inner.store.insert(record.clone()))
-                .await
-            {
-                Ok(()) => break (key, record),
-                Err(StoreError::Conflict) if attempts < 3 => continue,
-                Err(err) => return Err(err.into()),
-            }
-        };
-        tracing::info!(key_id = %record.id, owner = %record.owner, "API key created");
-        Ok(CreatedKey { key, record })
-    }
-
     /// All of `owner`'s keys, oldest first, revoked ones included. For an
     /// owner with many keys, [`list_page`](KeyManager::list_page) reads them
     /// a bounded page at a time.
@@ -491,111 +468,5 @@ impl KeyManager {
         self.bounded(None, self.inner.store.get(id))
             .await?
             .ok_or(ManagerError::NotFound)
-    }
-
-    /// Changes the name and/or IP allowlist. A revoked key cannot be changed.
-    pub async fn update(&self, id: &KeyId, update: KeyUpdate) -> Result<KeyRecord, ManagerError> {
-        let name = match &update.name {
-            Some(name) => Some(validate_name(name).map_err(ManagerError::InvalidName)?),
-            None => None,
-        };
-        if let Some(allowed) = &update.allowed_ips {
-            self.check_allowlist(allowed.len())?;
-        }
-        let change = StoreUpdate {
-            name,
-            allowed_ips: update.allowed_ips,
-            expires_at: None,
-            rate_limit: update.rate_limit,
-        };
-        let record = self
-            .bounded(None, self.inner.store.update(id, &change))
-            .await?
-            .ok_or(ManagerError::NotFound)?;
-        if record.revoked_at.is_some() {
-            return Err(ManagerError::Revoked);
-        }
-        tracing::info!(key_id = %record.id, "API key updated");
-        Ok(record)
-    }
-
-    /// Revokes a key: immediately (the next verification fails), irreversibly
-    /// and idempotently (a second call returns the same `revoked_at`).
-    pub async fn revoke(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
-        let record = self
-            .bounded(None, self.inner.store.revoke(id, self.now()))
-            .await?
-            .ok_or(ManagerError::NotFound)?;
-        tracing::info!(key_id = %record.id, "API key revoked");
-        Ok(record)
-    }
-
-    /// Replaces a key: a new key with the same owner, name, environment,
-    /// allowlist and expiry, while the old one keeps working for `grace`
-    /// (until the earlier of its own expiry and now + `grace`; with
-    /// `Duration::ZERO` it stops at once).
-    ///
-    /// Either completes or leaves the old key as it was: a new key created
-    /// before a failure is revoked before the error is returned.
-    pub async fn rotate(&self, id: &KeyId, grace: Duration) -> Result<CreatedKey, ManagerError> {
-        let old = self.get(id).await?;
-        match old.status_at(self.now()) {
-            KeyStatus::Revoked => return Err(ManagerError::Revoked),
-            KeyStatus::Expired => return Err(ManagerError::Expired),
-            KeyStatus::Active => {}
-        }
-        let mut new = NewKey::new(old.owner.clone(), old.name.clone())
-            .environment(old.environment)
-            .allowed_ips(old.allowed_ips.iter().copied());
-        new.expires_at = old.expires_at;
-        new.rate_limit = old.rate_limit;
-        // With no grace period the old key ends as the new one starts.
-        let created = self.create_within_limit(new, grace.is_zero()).await?;
-        // A grace too long to represent leaves the old expiry as it is.
-        let Some(cutoff) = self.now().checked_add(grace) else {
-            return Ok(created);
-        };
-        let change = StoreUpdate {
-            expires_at: Some(cutoff),
-            ..StoreUpdate::default()
-        };
-        let outcome = match self
-            .bounded(None, self.inner.store.update(id, &change))
-            .await
-        {
-            Ok(Some(record)) if record.revoked_at.is_some() => Err(ManagerError::Revoked),
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(ManagerError::NotFound),
-            Err(err) => Err(ManagerError::Store(err)),
-        };
-        match outcome {
-            Ok(()) => {
-                tracing::info!(old_key_id = %id, new_key_id = %created.record.id, "API key rotated");
-                Ok(created)
-            }
-            Err(err) => {
-                self.abandon(&created.record.id).await;
-                Err(err)
-            }
-        }
-    }
-
-    fn check_allowlist(&self, given: usize) -> Result<(), ManagerError> {
-        let limit = self.inner.limits.allowed_ips();
-        if given > limit {
-            return Err(ManagerError::InvalidAllowlist { limit, given });
-        }
-        Ok(())
-    }
-
-    /// Revokes a key that was created but never handed out.
-    async fn abandon(&self, id: &KeyId) {
-        if let Err(err) = self
-            .bounded(None, self.inner.store.revoke(id, self.now()))
-            .await
-        {
-            // Nobody holds this key's secret, so it cannot be used; say so loudly anyway.
-            tracing::error!(key_id = %id, error = %err, "could not revoke a key created by a failed rotation");
-        }
     }
 }

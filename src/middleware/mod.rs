@@ -25,6 +25,7 @@ use crate::verify::{Ready, VerifyOptions};
 pub mod client_ip;
 mod grpc;
 mod response;
+mod scope;
 
 #[cfg(feature = "axum")]
 mod axum;
@@ -32,6 +33,7 @@ mod axum;
 use client_ip::Resolved;
 pub use client_ip::{ClientIpHeader, PeerAddr};
 pub use response::{InvalidRealm, Realm};
+pub use scope::{RequireScope, RequireScopeFuture, RequireScopeLayer};
 
 /// The response body of [`ApiKeyService`]: the inner service's body, or the
 /// layer's own JSON error body. Works for any inner body, including ones
@@ -368,7 +370,17 @@ fn rejected(err: &AuthError, config: &Config, headers: http::HeaderMap) -> Respo
         }
         err => err,
     };
-    let response = err.response_with(&config.realm, headers);
+    respond(err, &config.realm, headers, answer)
+}
+
+/// `err`'s response, HTTP or gRPC as `answer` says, built in `headers`.
+fn respond(
+    err: &AuthError,
+    realm: &Realm,
+    headers: http::HeaderMap,
+    answer: grpc::Answer,
+) -> Response<Full<Bytes>> {
+    let response = err.response_with(realm, headers);
     match answer {
         grpc::Answer::Http => response,
         grpc::Answer::Grpc(content_type) => err.grpc_from(response, content_type),

@@ -15,6 +15,7 @@ use http_body_util::Full;
 
 use crate::error::AuthError;
 use crate::rate_limit::retry_after_secs;
+use crate::scope::Scope;
 
 /// The `realm` of the `WWW-Authenticate` challenge: visible ASCII (spaces
 /// allowed inside), no `"` or `\`, at most 128 characters.
@@ -104,6 +105,18 @@ impl Realm {
     /// The realm's text.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// RFC 6750 §3.1's challenge for a key without `required`. A realm
+    /// and a scope are both valid header text by construction.
+    fn scope_challenge(&self, required: &Scope) -> HeaderValue {
+        HeaderValue::try_from(format!(
+            "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{required}\"",
+            self.text
+        ))
+        .unwrap_or(HeaderValue::from_static(
+            "Bearer error=\"insufficient_scope\"",
+        ))
     }
 
     fn challenge(&self, err: &AuthError) -> HeaderValue {
@@ -255,6 +268,9 @@ impl AuthError {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status() == http::StatusCode::UNAUTHORIZED {
             headers.insert(WWW_AUTHENTICATE, realm.challenge(self));
+        }
+        if let AuthError::InsufficientScope { required } = self {
+            headers.insert(WWW_AUTHENTICATE, realm.scope_challenge(required));
         }
         if let Some(after) = self.retry_after() {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));

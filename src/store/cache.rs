@@ -578,6 +578,10 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         self.inner.usage_store()
     }
 
+    fn audit_store(&self) -> Option<&dyn crate::store::AuditStore> {
+        self.inner.audit_store()
+    }
+
     fn fast_lookup(&self, _: Seal) -> Option<&dyn FastLookup> {
         Some(self)
     }

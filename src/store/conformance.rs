@@ -21,14 +21,17 @@
 //! What they check: records round-trip unchanged; duplicates by id or by hash
 //! are refused with [`StoreError::Conflict`]; owners list in insertion order,
 //! revoked keys included, whole or a page at a time; active keys are counted
-//! as the manager's limits need; updates change the name, allowlist and rate limit,
-//! only ever shorten an expiry and never touch a revoked record; revocation
+//! as the manager's limits need; updates change the name, allowlist, scopes
+//! and rate limit, only ever shorten an expiry and never touch a revoked record; revocation
 //! keeps its first time and is seen by the next lookup; usage batches add up,
 //! the latest use wins and unknown ids are ignored, and reading several
 //! keys' usage at once agrees with reading each (for a store that keeps
 //! usage; [`run_usage`] checks a [`UsageStore`] of its own); the crate's
 //! in-memory answers agree with `find_by_hash`; concurrent inserts and
-//! revocations lose nothing.
+//! revocations lose nothing; audit events come back whole, numbered in the
+//! order they were appended, by owner, by key and a page at a time (for a
+//! store that keeps them; [`run_audit`] checks an [`AuditStore`] of its
+//! own).
 
 use std::fmt;
 use std::future::Future;
@@ -38,11 +41,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::memory::fast::Seal;
-use super::{KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageStore};
+use super::{AuditStore, KeyStore, Rejections, StoreError, StoreUpdate, UsageDelta, UsageStore};
+use crate::audit::{AuditAction, AuditChange, AuditEvent, AuditField, AuditId, AuditOutcome};
 use crate::key::KeyId;
 use crate::key::{Environment, TmKey};
 use crate::rate_limit::RateLimit;
 use crate::record::KeyRecord;
+use crate::scope::{scope_set, Scope};
 
 const HUNDRED: NonZeroU32 = NonZeroU32::new(100).unwrap();
 const FIVE: NonZeroU32 = NonZeroU32::new(5).unwrap();
@@ -119,7 +124,13 @@ pub fn sample_record(owner: &str) -> KeyRecord {
         owner: owner.to_owned(),
         name: "Production - Main Website".to_owned(),
         created_at: at_ms(1_767_225_600_456),
+        scopes: scopes(&["emails:verify", "lists:read"]),
     }
+}
+
+/// Checked scopes (the kit's own literals, all valid).
+fn scopes(list: &[&str]) -> Vec<Scope> {
+    scope_set(list).unwrap_or_default()
 }
 
 #[cold]
@@ -428,6 +439,197 @@ async fn update_changes_what_it_says(store: &dyn KeyStore) -> Outcome {
     Ok(())
 }
 
+/// Scopes narrow, widen to none (unrestricted) and come back as set, and
+/// an update that does not name them leaves them alone.
+async fn update_changes_scopes(store: &dyn KeyStore) -> Outcome {
+    let record = sample_record("acct_1");
+    insert(store, &record).await?;
+    for wanted in [
+        scopes(&["lists:read"]),
+        Vec::new(),
+        scopes(&["a", "b.c", "d-e_f:g"]),
+    ] {
+        let update = StoreUpdate {
+            scopes: Some(wanted.clone()),
+            ..StoreUpdate::default()
+        };
+        let updated = store
+            .update(&record.id, &update)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("update answered None for a stored key")?;
+        ensure!(
+            updated.scopes == wanted,
+            "scopes set to {wanted:?} came back as {:?}",
+            updated.scopes
+        );
+        let found = store
+            .find_by_hash(&record.hash)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the key was not found after a scope change")?;
+        ensure!(
+            found.scopes == wanted,
+            "the next lookup saw scopes {:?}, not {wanted:?}",
+            found.scopes
+        );
+    }
+    let rename = StoreUpdate {
+        name: Some("Renamed".into()),
+        ..StoreUpdate::default()
+    };
+    let renamed = store
+        .update(&record.id, &rename)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("update answered None for a stored key")?;
+    ensure!(
+        renamed.scopes == scopes(&["a", "b.c", "d-e_f:g"]),
+        "a rename changed the scopes to {:?}",
+        renamed.scopes
+    );
+    Ok(())
+}
+
+fn sample_event(owner: &str, key: KeyId, n: u64) -> AuditEvent {
+    AuditEvent {
+        at: at_ms(1_767_225_600_000 + n),
+        owner: owner.to_owned(),
+        key_id: Some(key),
+        action: AuditAction::Update,
+        outcome: AuditOutcome::Done,
+        actor: Some(format!("user {n}")),
+        client_ip: None,
+        changes: vec![AuditChange {
+            field: AuditField::Name,
+            before: vec![format!("Name {n}")],
+            after: vec![format!("Name {}", n + 1)],
+        }],
+        new_key_id: None,
+    }
+}
+
+/// An event with every field set comes back exactly as appended.
+async fn audit_keeps_every_field(store: &dyn AuditStore) -> Outcome {
+    let key = KeyId::generate();
+    let event = AuditEvent {
+        at: at_ms(1_767_225_600_789),
+        owner: "acct_1".to_owned(),
+        key_id: Some(key),
+        action: AuditAction::Rotate,
+        outcome: AuditOutcome::Refused {
+            reason: "api_key_expired".to_owned(),
+        },
+        actor: Some("alice@example.com".to_owned()),
+        client_ip: "2001:db8::7".parse().ok(),
+        changes: vec![
+            AuditChange {
+                field: AuditField::Scopes,
+                before: vec!["emails:verify".into(), "lists:read".into()],
+                after: Vec::new(),
+            },
+            AuditChange {
+                field: AuditField::Name,
+                before: vec!["Production – Main Website 🚀".into()],
+                after: vec!["Zapier".into()],
+            },
+        ],
+        new_key_id: Some(KeyId::generate()),
+    };
+    let bare = AuditEvent {
+        key_id: None,
+        actor: None,
+        client_ip: None,
+        changes: Vec::new(),
+        new_key_id: None,
+        action: AuditAction::Create,
+        outcome: AuditOutcome::Done,
+        ..event.clone()
+    };
+    for appended in [&event, &bare] {
+        store
+            .append(appended)
+            .await
+            .map_err(|e| format!("append failed: {e}"))?;
+    }
+    let listed = store
+        .list("acct_1", None, None, 10)
+        .await
+        .map_err(|e| e.to_string())?;
+    let got: Vec<&AuditEvent> = listed.iter().map(|e| &e.event).collect();
+    ensure!(
+        got == [&event, &bare],
+        "appended {:?}, listed {got:?}",
+        [&event, &bare]
+    );
+    Ok(())
+}
+
+/// Events are numbered in append order and listed by owner, by key
+/// (including the rotation that named it the new key), after a cursor and
+/// up to a limit.
+async fn audit_lists_in_append_order(store: &dyn AuditStore) -> Outcome {
+    let (one, two) = (KeyId::generate(), KeyId::generate());
+    let mut ids: Vec<AuditId> = Vec::new();
+    for n in 0..6 {
+        let owner = if n == 3 { "acct_2" } else { "acct_1" };
+        let mut event = sample_event(owner, if n % 2 == 0 { one } else { two }, n);
+        if n == 5 {
+            event.action = AuditAction::Rotate;
+            event.key_id = Some(two);
+            event.new_key_id = Some(one);
+        }
+        let id = store
+            .append(&event)
+            .await
+            .map_err(|e| format!("append failed: {e}"))?;
+        ensure!(
+            ids.last().is_none_or(|last| *last < id),
+            "event {n} was numbered {id}, not after {:?}",
+            ids.last()
+        );
+        ids.push(id);
+    }
+    let all = store
+        .list("acct_1", None, None, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    let numbers: Vec<AuditId> = all.iter().map(|e| e.id).collect();
+    let expected = [ids[0], ids[1], ids[2], ids[4], ids[5]];
+    ensure!(
+        numbers == expected,
+        "acct_1's events listed as {numbers:?}, expected {expected:?}"
+    );
+    let page = store
+        .list("acct_1", None, Some(ids[1]), 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let numbers: Vec<AuditId> = page.iter().map(|e| e.id).collect();
+    ensure!(
+        numbers == [ids[2], ids[4]],
+        "the page after {} of 2 was {numbers:?}",
+        ids[1]
+    );
+    let of_one = store
+        .list("acct_1", Some(one), None, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    let numbers: Vec<AuditId> = of_one.iter().map(|e| e.id).collect();
+    ensure!(
+        numbers == [ids[0], ids[2], ids[4], ids[5]],
+        "key one's events were {numbers:?} (its rotation included)"
+    );
+    let other = store
+        .list("acct_2", Some(one), None, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        other.is_empty(),
+        "another owner's events were listed: {other:?}"
+    );
+    Ok(())
+}
+
 async fn update_never_lengthens_expiry(store: &dyn KeyStore) -> Outcome {
     let mut record = sample_record("acct_1");
     record.expires_at = None;
@@ -488,6 +690,7 @@ async fn revocation_is_final(store: &dyn KeyStore) -> Outcome {
         allowed_ips: Some(Vec::new()),
         expires_at: Some(at_ms(1)),
         rate_limit: Some(None),
+        scopes: Some(Vec::new()),
     };
     let after = store
         .update(&record.id, &update)
@@ -819,6 +1022,7 @@ where
     check!(pages_follow_the_list);
     check!(counts_active_keys);
     check!(update_changes_what_it_says);
+    check!(update_changes_scopes);
     check!(update_never_lengthens_expiry);
     check!(revocation_is_final);
     macro_rules! check_usage {
@@ -842,6 +1046,23 @@ where
     }
     check_usage!(usage_adds_up);
     check_usage!(usage_batch_agrees_with_usage);
+    macro_rules! check_audit {
+        ($name:ident) => {{
+            let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
+            // A store that keeps no audit trail is checked by `run_audit`,
+            // on the audit store it is used with.
+            if let Some(audit) = store.audit_store() {
+                if let Err(problem) = $name(audit).await {
+                    failures.push(Failure {
+                        check: stringify!($name),
+                        problem,
+                    });
+                }
+            }
+        }};
+    }
+    check_audit!(audit_keeps_every_field);
+    check_audit!(audit_lists_in_append_order);
     check!(answers_now_agree);
     check!(update_racing_revoke_is_reported_truly);
     let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
@@ -889,5 +1110,39 @@ where
     }
     check!(usage_adds_up);
     check!(usage_batch_agrees_with_usage);
+    Failures::outcome(failures)
+}
+
+/// Runs the audit checks against an [`AuditStore`] kept apart from any key
+/// store, each on a fresh one from `fresh`. (A key store that keeps its
+/// audit trail itself, [`KeyStore::audit_store`], has them run by [`run`].)
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use tm_auth::store::{conformance, MemoryAuditStore};
+///
+/// conformance::run_audit(|| async { MemoryAuditStore::new() }).await.unwrap();
+/// # }
+/// ```
+pub async fn run_audit<A, F, Fut>(mut fresh: F) -> Result<(), Failures>
+where
+    A: AuditStore,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = A>,
+{
+    let mut failures = Vec::new();
+    macro_rules! check {
+        ($name:ident) => {{
+            let store = fresh().await;
+            if let Err(problem) = $name(&store).await {
+                failures.push(Failure {
+                    check: stringify!($name),
+                    problem,
+                });
+            }
+        }};
+    }
+    check!(audit_keeps_every_field);
+    check!(audit_lists_in_append_order);
     Failures::outcome(failures)
 }

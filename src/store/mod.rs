@@ -19,6 +19,7 @@ use crate::key::KeyHash;
 use crate::key::KeyId;
 use crate::record::{KeyRecord, KeyStatus};
 
+mod audit;
 pub mod cache;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -32,6 +33,7 @@ mod sql;
 pub mod sqlite;
 mod usage;
 
+pub use audit::{AuditStore, MemoryAuditStore, DEFAULT_AUDIT_EVENTS_PER_OWNER};
 pub use memory::MemoryStore;
 pub use usage::{MemoryUsageStore, Rejections, UsageDelta, UsageStore, UsageTotals};
 
@@ -78,6 +80,9 @@ pub struct StoreUpdate {
     pub expires_at: Option<SystemTime>,
     /// A new rate limit (`Some(None)` removes it).
     pub rate_limit: Option<Option<crate::rate_limit::RateLimit>>,
+    /// A new set of scopes, sorted and without repeats (empty:
+    /// unrestricted).
+    pub scopes: Option<Vec<crate::scope::Scope>>,
 }
 
 impl StoreUpdate {
@@ -95,6 +100,9 @@ impl StoreUpdate {
         }
         if let Some(limit) = self.rate_limit {
             record.rate_limit = limit;
+        }
+        if let Some(scopes) = &self.scopes {
+            record.scopes.clone_from(scopes);
         }
         if let Some(at) = self.expires_at {
             record.expires_at = Some(record.expires_at.map_or(at, |current| current.min(at)));
@@ -254,6 +262,16 @@ pub trait KeyStore: Send + Sync + 'static {
         None
     }
 
+    /// Where this store keeps the audit trail, if it keeps it itself.
+    ///
+    /// The default is `None`: a manager over this store keeps events in a
+    /// [`MemoryAuditStore`] unless it is given an [`AuditStore`] with
+    /// [`KeyManagerBuilder::audit_store`](crate::KeyManagerBuilder::audit_store).
+    /// A store that implements [`AuditStore`] as well answers `Some(self)`.
+    fn audit_store(&self) -> Option<&dyn AuditStore> {
+        None
+    }
+
     /// The crate's own fast path (see `store::memory::fast`): sealed, and
     /// answered only by the crate's in-memory stores and caches.
     #[doc(hidden)]
@@ -313,6 +331,9 @@ macro_rules! delegate_store {
             }
             fn usage_store(&self) -> Option<&dyn UsageStore> {
                 (**self).usage_store()
+            }
+            fn audit_store(&self) -> Option<&dyn AuditStore> {
+                (**self).audit_store()
             }
             // Forwarded, so a store shared as an `Arc` or a `Box` keeps its
             // answers from memory.

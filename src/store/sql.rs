@@ -1,8 +1,9 @@
 //! What the SQL stores share: conversions between records and columns.
 //!
 //! Timestamps are stored as UTC milliseconds (`BIGINT`), ids and hashes as
-//! bytes, allowlists as normalised comma-separated text, counts as `BIGINT`
-//! (saturating).
+//! bytes, allowlists as normalised comma-separated text, scopes as
+//! space-separated text (RFC 6749 §3.3), counts as `BIGINT` (saturating),
+//! audit events as rows of `tm_auth_audit`, their changes as one text.
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,10 +13,14 @@ use sqlx::query::Query;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::{Rejections, StoreError, StoreUpdate, UsageTotals};
+use crate::audit::{
+    AuditAction, AuditChange, AuditEntry, AuditEvent, AuditField, AuditId, AuditOutcome,
+};
 use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::rate_limit::RateLimit;
 use crate::record::KeyRecord;
+use crate::scope::Scope;
 
 pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::backend(err)
@@ -74,7 +79,16 @@ pub(crate) fn allowlist_text(networks: &[IpNetwork]) -> String {
 
 /// The columns every key query selects, in the order `record_from` reads them.
 pub(crate) const COLUMNS: &str = "id, hash, owner, name, environment, hint, allowed_ips, rate_limit_requests, \
-                                  rate_limit_window_ms, created_at_ms, expires_at_ms, revoked_at_ms";
+                                  rate_limit_window_ms, created_at_ms, expires_at_ms, revoked_at_ms, scopes";
+
+/// The scopes as one space-separated text.
+pub(crate) fn scopes_text(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// A stored key row, read the same way from SQLite and PostgreSQL: anything
 /// that does not parse is a `Backend` error naming what, never a panic.
@@ -121,6 +135,9 @@ where
     let created_at: i64 = row.try_get("created_at_ms").map_err(get_err)?;
     let expires_at: Option<i64> = row.try_get("expires_at_ms").map_err(get_err)?;
     let revoked_at: Option<i64> = row.try_get("revoked_at_ms").map_err(get_err)?;
+    let scopes: String = row.try_get("scopes").map_err(get_err)?;
+    let scopes = crate::scope::scope_set(scopes.split(' ').filter(|s| !s.is_empty()))
+        .map_err(|_| corrupt("bad scopes"))?;
     Ok(KeyRecord {
         hash: KeyHash::from_bytes(hash),
         revoked_at: revoked_at.map(from_ms),
@@ -133,10 +150,11 @@ where
         owner: row.try_get("owner").map_err(get_err)?,
         name: row.try_get("name").map_err(get_err)?,
         created_at: from_ms(created_at),
+        scopes,
     })
 }
 
-/// Binds a record's twelve columns, in `COLUMNS` order, to an `INSERT`.
+/// Binds a record's thirteen columns, in `COLUMNS` order, to an `INSERT`.
 pub(crate) fn bind_record<'q, DB>(
     query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
     record: &'q KeyRecord,
@@ -162,6 +180,7 @@ where
         .bind(to_ms(record.created_at))
         .bind(record.expires_at.map(to_ms))
         .bind(record.revoked_at.map(to_ms))
+        .bind(scopes_text(&record.scopes))
 }
 
 /// The key id in a row's `id` column.
@@ -209,6 +228,104 @@ where
     })
 }
 
+/// An audit row, read the same way from SQLite and PostgreSQL.
+fn audit_from<R>(row: &R) -> Result<AuditEntry, StoreError>
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let get_err = |_| corrupt("an audit column is missing or has the wrong type");
+    let key = |name: &str| -> Result<Option<KeyId>, StoreError> {
+        let bytes: Option<Vec<u8>> = row.try_get(name).map_err(get_err)?;
+        bytes
+            .map(|b| {
+                let b: [u8; 16] = b.try_into().map_err(|_| corrupt("id is not 16 bytes"))?;
+                Ok(KeyId::from_u128(u128::from_le_bytes(b)))
+            })
+            .transpose()
+    };
+    let seq: i64 = row.try_get("seq").map_err(get_err)?;
+    let action: String = row.try_get("action").map_err(get_err)?;
+    let refused: Option<String> = row.try_get("refused").map_err(get_err)?;
+    let client_ip: Option<String> = row.try_get("client_ip").map_err(get_err)?;
+    let at: i64 = row.try_get("at_ms").map_err(get_err)?;
+    let changes: String = row.try_get("changes").map_err(get_err)?;
+    Ok(AuditEntry {
+        id: AuditId(u64::try_from(seq).map_err(|_| corrupt("negative audit number"))?),
+        event: AuditEvent {
+            at: from_ms(at),
+            owner: row.try_get("owner").map_err(get_err)?,
+            key_id: key("key_id")?,
+            action: AuditAction::parse(&action).ok_or_else(|| corrupt("unknown audit action"))?,
+            outcome: match refused {
+                None => AuditOutcome::Done,
+                Some(reason) => AuditOutcome::Refused { reason },
+            },
+            actor: row.try_get("actor").map_err(get_err)?,
+            client_ip: client_ip
+                .map(|ip| ip.parse().map_err(|_| corrupt("bad audit address")))
+                .transpose()?,
+            changes: decode_changes(&changes).ok_or_else(|| corrupt("bad audit changes"))?,
+            new_key_id: key("new_key_id")?,
+        },
+    })
+}
+
+/// Changes as one text: a line per change, its field, the items before
+/// and the items after separated by tabs, items by unit separators.
+/// Control characters inside an item are replaced, so the separators are
+/// unambiguous.
+pub(crate) fn encode_changes(changes: &[AuditChange]) -> String {
+    let clean = |item: &String| -> String {
+        item.chars()
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect()
+    };
+    let items = |list: &[String]| list.iter().map(clean).collect::<Vec<_>>().join("\u{1F}");
+    changes
+        .iter()
+        .map(|change| {
+            format!(
+                "{}\t{}\t{}",
+                change.field.as_str(),
+                items(&change.before),
+                items(&change.after)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The changes [`encode_changes`] wrote; `None` if the text is not its.
+pub(crate) fn decode_changes(text: &str) -> Option<Vec<AuditChange>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    let items = |part: &str| -> Vec<String> {
+        if part.is_empty() {
+            Vec::new()
+        } else {
+            part.split('\u{1F}').map(str::to_owned).collect()
+        }
+    };
+    text.split('\n')
+        .map(|line| {
+            let mut parts = line.split('\t');
+            let field = AuditField::parse(parts.next()?)?;
+            let before = items(parts.next()?);
+            let after = items(parts.next()?);
+            parts.next().is_none().then_some(AuditChange {
+                field,
+                before,
+                after,
+            })
+        })
+        .collect()
+}
+
 /// A SQL dialect the crate's stores speak: the statements every store
 /// shares, written once and rendered for the dialect once.
 pub(crate) trait Dialect: Database {
@@ -227,12 +344,14 @@ pub(crate) struct Statements {
     update: String,
     revoke: String,
     usage: String,
+    audit_append: String,
+    audit_list: String,
 }
 
 /// The shared statements, with `$1`-style parameters, `{columns}` for
 /// [`COLUMNS`] and `{blob}` / `{int}` for the dialect's type names in casts.
 const INSERT: &str = "INSERT INTO tm_auth_keys ({columns}) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 const BY_HASH: &str = "SELECT {columns} FROM tm_auth_keys WHERE hash = $1";
 const BY_ID: &str = "SELECT {columns} FROM tm_auth_keys WHERE id = $1";
 const BY_OWNER: &str = "SELECT {columns} FROM tm_auth_keys WHERE owner = $1 ORDER BY seq";
@@ -256,11 +375,21 @@ const UPDATE: &str = "UPDATE tm_auth_keys SET
             WHEN expires_at_ms IS NULL OR CAST($3 AS {int}) < expires_at_ms THEN CAST($3 AS {int})
             ELSE expires_at_ms END,
         rate_limit_requests = CASE WHEN $4 THEN $5 ELSE rate_limit_requests END,
-        rate_limit_window_ms = CASE WHEN $4 THEN $6 ELSE rate_limit_window_ms END
+        rate_limit_window_ms = CASE WHEN $4 THEN $6 ELSE rate_limit_window_ms END,
+        scopes = COALESCE($8, scopes)
      WHERE id = $7 AND revoked_at_ms IS NULL
      RETURNING {columns}";
 const REVOKE: &str =
     "UPDATE tm_auth_keys SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL";
+const AUDIT_APPEND: &str = "INSERT INTO tm_auth_audit \
+     (owner, key_id, new_key_id, action, refused, actor, client_ip, at_ms, changes) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq";
+// A key's history includes the rotation that created it.
+const AUDIT_LIST: &str = "SELECT seq, owner, key_id, new_key_id, action, refused, actor, \
+     client_ip, at_ms, changes FROM tm_auth_audit \
+     WHERE owner = $1 AND seq > $2 \
+       AND (CAST($3 AS {blob}) IS NULL OR key_id = $3 OR new_key_id = $3) \
+     ORDER BY seq LIMIT $4";
 const USAGE: &str = "SELECT u.requests, u.revoked, u.expired, u.wrong_environment, \
      u.ip_not_allowed, u.rate_limited, u.last_used_at_ms, u.last_used_ip \
      FROM tm_auth_keys k LEFT JOIN tm_auth_usage u ON u.id = k.id WHERE k.id = $1";
@@ -286,6 +415,8 @@ impl Statements {
             update: render(UPDATE),
             revoke: render(REVOKE),
             usage: render(USAGE),
+            audit_append: render(AUDIT_APPEND),
+            audit_list: render(AUDIT_LIST),
         }
     }
 }
@@ -405,6 +536,7 @@ where
             .bind(limit.flatten().map(|l| i64::from(l.requests())))
             .bind(limit.flatten().map(|l| count(l.window_ms())))
             .bind(id_bytes(id))
+            .bind(update.scopes.as_deref().map(scopes_text))
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
@@ -429,6 +561,44 @@ where
             .await
             .map_err(backend)?;
         self.get(id).await
+    }
+
+    pub(crate) async fn append_audit(&self, event: &AuditEvent) -> Result<AuditId, StoreError> {
+        let row = sqlx::query(&DB::statements().audit_append)
+            .bind(event.owner.as_str())
+            .bind(event.key_id.as_ref().map(id_bytes))
+            .bind(event.new_key_id.as_ref().map(id_bytes))
+            .bind(event.action.as_str())
+            .bind(event.outcome.refusal())
+            .bind(event.actor.as_deref())
+            .bind(event.client_ip.map(|ip| ip.to_string()))
+            .bind(to_ms(event.at))
+            .bind(encode_changes(&event.changes))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let seq: i64 = row
+            .try_get("seq")
+            .map_err(|_| corrupt("an audit number is not a number"))?;
+        Ok(AuditId(u64::try_from(seq).unwrap_or(0)))
+    }
+
+    pub(crate) async fn list_audit(
+        &self,
+        owner: &str,
+        key: Option<KeyId>,
+        after: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(&DB::statements().audit_list)
+            .bind(owner)
+            .bind(after.map_or(0, |a| i64::try_from(a.0).unwrap_or(i64::MAX)))
+            .bind(key.as_ref().map(id_bytes))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(audit_from).collect()
     }
 
     pub(crate) async fn usage(&self, id: &KeyId) -> Result<Option<UsageTotals>, StoreError> {
@@ -503,6 +673,30 @@ macro_rules! sql_key_store {
             fn usage_store(&self) -> Option<&dyn $crate::store::UsageStore> {
                 Some(self)
             }
+
+            fn audit_store(&self) -> Option<&dyn $crate::store::AuditStore> {
+                Some(self)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::AuditStore for $store {
+            async fn append(
+                &self,
+                event: &$crate::audit::AuditEvent,
+            ) -> Result<$crate::audit::AuditId, StoreError> {
+                self.keys.append_audit(event).await
+            }
+
+            async fn list(
+                &self,
+                owner: &str,
+                key: Option<KeyId>,
+                after: Option<$crate::audit::AuditId>,
+                limit: usize,
+            ) -> Result<Vec<$crate::audit::AuditEntry>, StoreError> {
+                self.keys.list_audit(owner, key, after, limit).await
+            }
         }
 
         #[async_trait::async_trait]
@@ -526,3 +720,38 @@ macro_rules! sql_key_store {
 }
 
 pub(crate) use sql_key_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn changes_survive_their_column() {
+        let changes = vec![
+            AuditChange {
+                field: AuditField::Name,
+                before: vec!["Old\tname".into()],
+                after: vec!["New".into()],
+            },
+            AuditChange {
+                field: AuditField::Scopes,
+                before: vec![],
+                after: vec!["a:b".into(), "c".into()],
+            },
+        ];
+        let decoded = decode_changes(&encode_changes(&changes)).unwrap();
+        assert_eq!(decoded[1], changes[1]);
+        assert_eq!(decoded[0].before, ["Old\u{FFFD}name"], "controls replaced");
+        assert_eq!(decode_changes("").unwrap(), vec![]);
+        assert_eq!(decode_changes("bogus\t\t"), None);
+        assert_eq!(decode_changes("name\ta"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_any_text_never_panics(text in any::<String>()) {
+            let _ = decode_changes(&text);
+        }
+    }
+}

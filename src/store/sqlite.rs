@@ -18,7 +18,8 @@ use crate::record::KeyRecord;
 
 /// Schema changes, applied in order on connect; `PRAGMA user_version`
 /// records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tm_auth_keys (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id BLOB NOT NULL UNIQUE,
@@ -46,7 +47,30 @@ CREATE TABLE tm_auth_usage (
     last_used_at_ms INTEGER,
     last_used_ip TEXT
 );
-"#];
+"#,
+    r#"
+ALTER TABLE tm_auth_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+CREATE TABLE tm_auth_audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    key_id BLOB,
+    new_key_id BLOB,
+    action TEXT NOT NULL,
+    refused TEXT,
+    actor TEXT,
+    client_ip TEXT,
+    at_ms INTEGER NOT NULL,
+    changes TEXT NOT NULL
+);
+CREATE INDEX tm_auth_audit_by_owner_time ON tm_auth_audit (owner, at_ms);
+CREATE INDEX tm_auth_audit_by_owner ON tm_auth_audit (owner, seq);
+-- The audit trail is append-only, whoever writes to the file.
+CREATE TRIGGER tm_auth_audit_no_update BEFORE UPDATE ON tm_auth_audit
+BEGIN SELECT RAISE(ABORT, 'the tm-auth audit trail is append-only'); END;
+CREATE TRIGGER tm_auth_audit_no_delete BEFORE DELETE ON tm_auth_audit
+BEGIN SELECT RAISE(ABORT, 'the tm-auth audit trail is append-only'); END;
+"#,
+];
 
 /// Rows per usage statement: at nine parameters a row, 9 000, well within
 /// SQLite's limit of 32 766.

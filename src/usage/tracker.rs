@@ -558,6 +558,7 @@ mod tests {
             owner: "acct".into(),
             name: "Main".into(),
             created_at: SystemTime::UNIX_EPOCH,
+            scopes: Vec::new(),
         }))
     }
 

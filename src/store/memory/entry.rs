@@ -25,6 +25,7 @@ use crate::key::{Environment, KeyHash, KeyHint};
 use crate::net::ip_allowed;
 use crate::rate_limit::RateLimit;
 use crate::record::KeyRecord;
+use crate::scope::Scope;
 use crate::store::counters::{Claim, Counters};
 use crate::store::StoreUpdate;
 
@@ -157,6 +158,8 @@ pub(crate) struct Cold {
     created_ns: i64,
     owner: Arc<str>,
     allowed: ArcSwapOption<Vec<IpNetwork>>,
+    /// The scopes; `None` for an unrestricted key.
+    scopes: ArcSwapOption<Vec<Scope>>,
     /// The name; its lock is also the key's write lock, so changes to one
     /// key apply one at a time and a snapshot sees a whole one.
     name: Mutex<Name>,
@@ -175,6 +178,7 @@ impl Cold {
             created_ns: to_nanos(record.created_at),
             owner,
             allowed: ArcSwapOption::new(allowed),
+            scopes: ArcSwapOption::new(shared_scopes(&record.scopes)),
             name: Mutex::new(Name::new(&record.name)),
             next_of_owner: AtomicU32::new(0),
             hint_last: record.hint.last_bytes(),
@@ -187,6 +191,10 @@ impl Cold {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn shared_scopes(scopes: &[Scope]) -> Option<Arc<Vec<Scope>>> {
+    (!scopes.is_empty()).then(|| Arc::new(scopes.to_vec()))
 }
 
 /// Where a key's cold part is: right beside its hot part, or at its
@@ -253,7 +261,19 @@ impl<'a> Entry<'a> {
             owner: cold.owner.to_string(),
             name: name.as_str().to_owned(),
             created_at: from_nanos(cold.created_ns),
+            scopes: cold
+                .scopes
+                .load()
+                .as_ref()
+                .map_or_else(Vec::new, |set| set.to_vec()),
         }
+    }
+
+    /// The key's scopes as they are now; `None` for an unrestricted key.
+    pub(crate) fn scopes(self) -> Option<Arc<Vec<Scope>>> {
+        // `SeqCst`, like the store in `update`: a verification that starts
+        // after a narrowing returned sees the narrower set.
+        self.cold().scopes.load_full()
     }
 
     pub(crate) fn id(self) -> KeyId {
@@ -355,6 +375,9 @@ impl<'a> Entry<'a> {
                     .rate_limit
                     .store(limit.map_or(0, RateLimit::to_word), Ordering::SeqCst);
             }
+            if let Some(scopes) = &update.scopes {
+                self.cold().scopes.store(shared_scopes(scopes));
+            }
             if let Some(at) = update.expires_at {
                 self.hot
                     .expires_ns
@@ -370,6 +393,11 @@ impl<'a> Entry<'a> {
             *name = Name::new(&record.name);
         }
         self.set_allowlist(&record.allowed_ips);
+        let scopes = self.cold().scopes.load();
+        if scopes.as_deref().map_or(&[][..], |s| s.as_slice()) != record.scopes.as_slice() {
+            drop(scopes);
+            self.cold().scopes.store(shared_scopes(&record.scopes));
+        }
         let limit = record.rate_limit.map_or(0, RateLimit::to_word);
         self.hot.rate_limit.store(limit, Ordering::SeqCst);
         let expires = record.expires_at.map_or(NEVER, to_nanos);
@@ -592,6 +620,7 @@ pub(super) mod tests {
             owner: "acct_42".into(),
             name: "Production".into(),
             created_at: SystemTime::now(),
+            scopes: Vec::new(),
         }));
         let shared = StoredKeyRef::from(Arc::clone(&stored));
         let rename = StoreUpdate {
@@ -623,6 +652,7 @@ pub(super) mod tests {
             owner: "acct_42".into(),
             name: "Production - Main Website".into(),
             created_at: UNIX_EPOCH + Duration::new(1_767_225_600, 987_654_321),
+            scopes: crate::scope::scope_set(["emails:verify", "lists:read"]).unwrap(),
         }
     }
 
@@ -633,8 +663,8 @@ pub(super) mod tests {
         assert_eq!(std::mem::size_of::<AlignedHot>(), 128);
         assert_eq!(std::mem::align_of::<AlignedHot>(), 128);
         // Unused keys pay for this with the hot part (BENCHMARKS.md's
-        // memory row): 96 bytes, 104 in the slab's list.
-        assert_eq!(std::mem::size_of::<Cold>(), 96);
+        // memory row): 104 bytes, 112 in the slab's list.
+        assert_eq!(std::mem::size_of::<Cold>(), 104);
         let slab = Slab::new();
         for _ in 0..3 {
             slab.push(&record(), Arc::from("acct"));

@@ -13,7 +13,10 @@ pub(crate) mod fast;
 mod index;
 mod slab;
 
-use super::{KeyStore, StoreError, StoreUpdate, UsageDelta, UsageStore, UsageTotals};
+use super::{
+    AuditStore, KeyStore, MemoryAuditStore, StoreError, StoreUpdate, UsageDelta, UsageStore,
+    UsageTotals,
+};
 use crate::key::KeyHash;
 use crate::key::KeyId;
 use crate::record::KeyRecord;
@@ -76,6 +79,8 @@ struct Inner {
     writer: Mutex<Owners>,
     /// Usage totals recorded by `record_usage`, by entry position.
     usage: Mutex<HashMap<u32, UsageTotals>>,
+    /// The audit trail, bounded per owner.
+    audit: MemoryAuditStore,
 }
 
 /// Each owner's keys, as a chain through the entries in insertion order.
@@ -98,6 +103,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
+        MemoryStore::with_audit(MemoryAuditStore::new())
+    }
+
+    fn with_audit(audit: MemoryAuditStore) -> MemoryStore {
         let entries = Arc::new(Slab::new());
         MemoryStore {
             inner: Arc::new(Inner {
@@ -107,8 +116,17 @@ impl MemoryStore {
                 by_id: ArcSwap::from_pointee(Index::with_slots(MIN_SLOTS)),
                 writer: Mutex::new(Owners::default()),
                 usage: Mutex::new(HashMap::new()),
+                audit,
             }),
         }
+    }
+
+    /// An empty store whose audit trail keeps the latest `events` events
+    /// of each owner (the default keeps
+    /// [`DEFAULT_AUDIT_EVENTS_PER_OWNER`](crate::store::DEFAULT_AUDIT_EVENTS_PER_OWNER)),
+    /// dropping the oldest when an owner's is full.
+    pub fn with_audit_capacity(events: usize) -> MemoryStore {
+        MemoryStore::with_audit(MemoryAuditStore::with_capacity_per_owner(events))
     }
 
     /// How many keys are stored, revoked ones included.
@@ -339,6 +357,10 @@ impl KeyStore for MemoryStore {
         Some(self)
     }
 
+    fn audit_store(&self) -> Option<&dyn AuditStore> {
+        Some(&self.inner.audit)
+    }
+
     fn fast_lookup(&self, _: Seal) -> Option<&dyn FastLookup> {
         Some(self)
     }
@@ -417,6 +439,7 @@ pub(crate) mod tests {
             expires_at: None,
             revoked_at: None,
             rate_limit: None,
+            scopes: Vec::new(),
         }
     }
 

@@ -82,6 +82,34 @@ CREATE TRIGGER tm_auth_keys_announce_truncate AFTER TRUNCATE ON tm_auth_keys
 ALTER TABLE tm_auth_keys ENABLE ALWAYS TRIGGER tm_auth_keys_announce;
 ALTER TABLE tm_auth_keys ENABLE ALWAYS TRIGGER tm_auth_keys_announce_truncate;
 "#,
+    r#"
+-- Scopes: space-separated, sorted; empty is unrestricted. Editing them is
+-- an UPDATE, so the announce trigger carries a narrowing to every cache.
+ALTER TABLE tm_auth_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+CREATE TABLE tm_auth_audit (
+    seq BIGSERIAL PRIMARY KEY,
+    owner TEXT NOT NULL,
+    key_id BYTEA,
+    new_key_id BYTEA,
+    action TEXT NOT NULL,
+    refused TEXT,
+    actor TEXT,
+    client_ip TEXT,
+    at_ms BIGINT NOT NULL,
+    changes TEXT NOT NULL
+);
+CREATE INDEX tm_auth_audit_by_owner_time ON tm_auth_audit (owner, at_ms);
+CREATE INDEX tm_auth_audit_by_owner ON tm_auth_audit (owner, seq);
+-- The audit trail is append-only, whoever connects.
+CREATE FUNCTION tm_auth_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the tm-auth audit trail is append-only';
+END $$;
+CREATE TRIGGER tm_auth_audit_no_change BEFORE UPDATE OR DELETE ON tm_auth_audit
+    FOR EACH ROW EXECUTE FUNCTION tm_auth_audit_append_only();
+CREATE TRIGGER tm_auth_audit_no_truncate BEFORE TRUNCATE ON tm_auth_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION tm_auth_audit_append_only();
+"#,
 ];
 
 /// Keys in PostgreSQL, shared by every app server that connects: the
