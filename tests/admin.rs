@@ -18,6 +18,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/keys/{id}"),
     ("post", "/keys/{id}/revoke"),
     ("post", "/keys/{id}/rotate"),
+    ("get", "/audit"),
+    ("get", "/scopes"),
 ];
 
 /// A router whose `authorize` reads the owner from `x-owner`.
@@ -497,6 +499,17 @@ async fn the_openapi_description_matches_the_router() {
     )
     .await;
     same_fields(&schemas["CreatedKey"], &rotated.json, "CreatedKey");
+    let audit = call(&app, "GET", "/audit", Some("acct"), None).await;
+    same_fields(
+        &schemas["AuditEvent"],
+        &audit.json["events"][0],
+        "AuditEvent",
+    );
+    same_fields(
+        &schemas["AuditChange"],
+        &audit.json["events"][0]["changes"][0],
+        "AuditChange",
+    );
     same_fields(&schemas["Key"], &rotated.json["previous"], "Key (previous)");
     let error = call(&app, "GET", "/keys", None, None).await;
     let mut required: Vec<&str> = schemas["Error"]["required"]
@@ -575,4 +588,223 @@ async fn the_openapi_description_matches_the_router() {
     ] {
         assert!(codes.contains(&used), "code {used} is documented");
     }
+}
+
+/// A router that knows the API's scopes and names the signed-in user from
+/// `x-user` as the actor.
+fn scoped_app() -> (Router, KeyManager) {
+    struct Login;
+    #[async_trait::async_trait]
+    impl admin::Authorize for Login {
+        async fn owner(&self, parts: &http::request::Parts) -> Option<String> {
+            parts
+                .headers
+                .get("x-owner")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        }
+        async fn actor(&self, parts: &http::request::Parts, owner: &str) -> String {
+            parts
+                .headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(owner)
+                .to_owned()
+        }
+    }
+    let manager = KeyManager::new(MemoryStore::new());
+    let config = admin::AdminConfig::new().scopes([
+        tm_auth::Scope::from_static("emails:verify"),
+        tm_auth::Scope::from_static("lists:read"),
+    ]);
+    (admin::router_with(manager.clone(), Login, config), manager)
+}
+
+#[tokio::test]
+async fn scopes_are_set_edited_checked_and_listed() {
+    let (scoped, manager) = scoped_app();
+    let listed = call(&scoped, "GET", "/scopes", Some("acct"), None).await;
+    assert_eq!(
+        listed.json["scopes"],
+        json!(["emails:verify", "lists:read"])
+    );
+    let created = call(
+        &scoped,
+        "POST",
+        "/keys",
+        Some("acct"),
+        Some(json!({"name": "Zapier", "scopes": ["lists:read", "emails:verify", "lists:read"]})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json);
+    assert_eq!(
+        created.json["record"]["scopes"],
+        json!(["emails:verify", "lists:read"]),
+        "sorted, without repeats"
+    );
+    let id = created.json["record"]["id"].as_str().unwrap().to_owned();
+    let narrowed = call(
+        &scoped,
+        "PATCH",
+        &format!("/keys/{id}"),
+        Some("acct"),
+        Some(json!({"scopes": ["lists:read"]})),
+    )
+    .await;
+    assert_eq!(narrowed.status, StatusCode::OK);
+    assert_eq!(narrowed.json["record"]["scopes"], json!(["lists:read"]));
+    let who = manager
+        .verify(created.json["key"].as_str().unwrap(), None)
+        .await
+        .unwrap();
+    assert!(!who.has_scope("emails:verify"), "narrowed at once");
+    for (body, expected) in [
+        (json!({"scopes": ["lists:write"]}), "unknown_scope"),
+        (json!({"scopes": ["Lists Read"]}), "invalid_scope"),
+        (json!({"scopes": "lists:read"}), "invalid_scope"),
+        (json!({"scopes": [1]}), "invalid_scope"),
+    ] {
+        let reply = call(
+            &scoped,
+            "PATCH",
+            &format!("/keys/{id}"),
+            Some("acct"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(code(&reply), expected, "{body}");
+    }
+    // Without a list of scopes, any valid scope goes, and too many do not.
+    let (open, _) = app();
+    let many: Vec<String> = (0..33).map(|i| format!("s{i}")).collect();
+    let reply = call(
+        &open,
+        "POST",
+        "/keys",
+        Some("acct"),
+        Some(json!({"name": "Many", "scopes": many})),
+    )
+    .await;
+    assert_eq!(code(&reply), "invalid_scope");
+    let reply = call(
+        &open,
+        "POST",
+        "/keys",
+        Some("acct"),
+        Some(json!({"name": "Any", "scopes": ["anything:at.all"]})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn the_audit_trail_names_who_did_what_from_where_and_only_to_the_owner() {
+    let (app, _) = scoped_app();
+    let request = |method: &str, path: String, body: Option<Value>| {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-owner", "acct")
+            .header("x-user", "alice@example.com");
+        let body = match body {
+            Some(body) => {
+                builder = builder.header("content-type", "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let mut request = builder.body(body).unwrap();
+        request.extensions_mut().insert(axum::extract::ConnectInfo(
+            "198.51.100.7:50000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
+        ));
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let created = request(
+        "POST",
+        "/keys".into(),
+        Some(json!({"name": "Zapier", "scopes": ["emails:verify"]})),
+    )
+    .await;
+    let id = created["record"]["id"].as_str().unwrap().to_owned();
+    request(
+        "PATCH",
+        format!("/keys/{id}"),
+        Some(json!({"name": "Zapier (old)", "scopes": ["lists:read"]})),
+    )
+    .await;
+    request("POST", format!("/keys/{id}/revoke"), Some(json!({}))).await;
+    let refused = request(
+        "PATCH",
+        format!("/keys/{id}"),
+        Some(json!({"name": "Again"})),
+    )
+    .await;
+    assert_eq!(refused["code"], "key_revoked");
+
+    let log = request("GET", format!("/audit?key={id}"), None).await;
+    let events = log["events"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("create", "done"),
+            ("update", "done"),
+            ("revoke", "done"),
+            ("update", "refused")
+        ]
+    );
+    for event in events {
+        assert_eq!(event["actor"], "alice@example.com");
+        assert_eq!(event["client_ip"], "198.51.100.7");
+        assert_eq!(event["key_id"], id.as_str());
+    }
+    let update = &events[1]["changes"];
+    assert_eq!(
+        update,
+        &json!([
+            {"field": "name", "before": ["Zapier"], "after": ["Zapier (old)"]},
+            {"field": "scopes", "before": ["emails:verify"], "after": ["lists:read"]},
+        ])
+    );
+    assert_eq!(events[3]["reason"], "api_key_revoked");
+    let text = log.to_string();
+    assert!(
+        !text.contains(created["key"].as_str().unwrap()),
+        "never the key"
+    );
+
+    // Paged, and another owner sees none of it, even asking by key id.
+    let first = request("GET", "/audit?limit=2".into(), None).await;
+    assert_eq!(first["events"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_u64().unwrap();
+    let rest = request("GET", format!("/audit?limit=2&after={next}"), None).await;
+    assert_eq!(rest["events"][0]["action"], "revoke");
+    let other = call(
+        &app,
+        "GET",
+        &format!("/audit?key={id}"),
+        Some("acct_other"),
+        None,
+    )
+    .await;
+    assert_eq!(other.json["events"], json!([]));
+    let bad = call(&app, "GET", "/audit?after=x", Some("acct"), None).await;
+    assert_eq!(code(&bad), "invalid_page");
 }

@@ -70,6 +70,7 @@ async fn no_key_appears_in_logs_or_debug_output() {
     let store = FaultyStore::new();
     let manager = KeyManager::builder(store.clone())
         .clock(clock.clone())
+        .audit_to_tracing(true)
         .build();
     let layer = ApiKeyLayer::new(manager.clone()).trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
     let live_only = ApiKeyLayer::new(manager.clone()).require_environment(Environment::Live);
@@ -184,6 +185,16 @@ async fn no_key_appears_in_logs_or_debug_output() {
         store = store.inner
     ));
     debug_output.push(format!("{:?}", manager.list("acct").await.unwrap()));
+    // The audit trail: every event, as stored and as `Debug` shows it.
+    let audit = manager
+        .audit("acct", tm_auth::audit::AuditQuery::first(1_000))
+        .await
+        .unwrap();
+    assert!(
+        audit.events.len() >= 6,
+        "creates, edit, rotations and revocation were audited: {audit:?}"
+    );
+    debug_output.push(format!("{audit:?}"));
 
     drop(_guard);
     let logs = capture.text();
@@ -191,6 +202,10 @@ async fn no_key_appears_in_logs_or_debug_output() {
     assert!(logs.contains("API key accepted"), "{logs}");
     assert!(logs.contains("API key rejected"));
     assert!(logs.contains("API key revoked"));
+    assert!(
+        logs.contains("API key audit event") && logs.contains("action=\"revoke\""),
+        "audit events are forwarded to tracing: {logs}"
+    );
     assert!(
         logs.contains(&format!("key_id={}", live.record.id)),
         "the key id is recorded on the request span"

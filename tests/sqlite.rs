@@ -59,7 +59,8 @@ async fn keys_survive_closing_and_reopening_the_file() {
         let kept = manager
             .create(
                 NewKey::new("acct_42", "Production")
-                    .allowed_ips(["203.0.113.0/24".parse().unwrap()]),
+                    .allowed_ips(["203.0.113.0/24".parse().unwrap()])
+                    .scopes(["emails:verify", "lists:read"]),
             )
             .await
             .unwrap();
@@ -91,6 +92,26 @@ async fn keys_survive_closing_and_reopening_the_file() {
         .await
         .unwrap();
     assert_eq!(who.name(), "Production - Main");
+    assert_eq!(
+        who.scopes(),
+        ["emails:verify", "lists:read"],
+        "the scopes survived"
+    );
+    assert!(!who.has_scope("lists:write"));
+    let audit = manager
+        .audit("acct_42", tm_auth::audit::AuditQuery::first(100))
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit
+        .events
+        .iter()
+        .map(|e| e.event.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "create", "revoke", "update"],
+        "the audit trail survived"
+    );
     let err = manager
         .verify(&secret, Some("198.51.100.1".parse().unwrap()))
         .await

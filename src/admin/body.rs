@@ -196,6 +196,32 @@ fn entry_text(entry: &Value) -> String {
     }
 }
 
+/// `scopes`: a list of scope names (an empty list: unrestricted); each is
+/// checked by the manager, and against the router's known scopes.
+pub(super) struct Scopes(pub(super) Vec<String>);
+
+impl FromJson for Scopes {
+    fn from_json(value: Value) -> Result<Scopes, Problem> {
+        let not_list = || {
+            Problem::bad(
+                "invalid_scope",
+                "`scopes` must be a list of scope names, e.g. [\"emails:verify\", \"lists:read\"]",
+            )
+        };
+        let Value::Array(entries) = value else {
+            return Err(not_list());
+        };
+        entries
+            .into_iter()
+            .map(|entry| match entry {
+                Value::String(scope) => Ok(scope),
+                _ => Err(not_list()),
+            })
+            .collect::<Result<_, _>>()
+            .map(Scopes)
+    }
+}
+
 /// `grace_period_seconds`: whole seconds from 0 to [`MAX_GRACE`].
 pub(super) struct Grace(pub(super) Duration);
 
@@ -221,10 +247,12 @@ pub(super) struct CreateKey {
     pub(super) environment: Field<Environment>,
     #[serde(default)]
     pub(super) allowed_ips: Field<Allowlist>,
+    #[serde(default)]
+    pub(super) scopes: Field<Scopes>,
 }
 
 impl Body for CreateKey {
-    const FIELDS: &'static [&'static str] = &["name", "environment", "allowed_ips"];
+    const FIELDS: &'static [&'static str] = &["name", "environment", "allowed_ips", "scopes"];
 }
 
 /// `PATCH /keys/{id}`.
@@ -235,10 +263,12 @@ pub(super) struct EditKey {
     pub(super) name: Field<Name>,
     #[serde(default)]
     pub(super) allowed_ips: Field<Allowlist>,
+    #[serde(default)]
+    pub(super) scopes: Field<Scopes>,
 }
 
 impl Body for EditKey {
-    const FIELDS: &'static [&'static str] = &["name", "allowed_ips"];
+    const FIELDS: &'static [&'static str] = &["name", "allowed_ips", "scopes"];
 }
 
 /// `POST /keys/{id}/revoke`: nothing to say.
@@ -287,7 +317,7 @@ mod tests {
             assert_eq!(
                 message,
                 format!(
-                    "`{shown}` cannot be set here; the fields accepted are `name`, `allowed_ips`"
+                    "`{shown}` cannot be set here; the fields accepted are `name`, `allowed_ips`, `scopes`"
                 )
             );
             let (code, message) = refused::<RevokeKey>(&body);

@@ -80,6 +80,9 @@ impl From<ManagerError> for Problem {
             ManagerError::InvalidAllowlist { .. } => {
                 Problem::bad("too_many_ip_restrictions", err.to_string())
             }
+            ManagerError::InvalidScope(err) => {
+                Problem::bad("invalid_scope", format!("Invalid scopes: {err}"))
+            }
             ManagerError::TooManyKeys { limit } => Problem::new(
                 StatusCode::CONFLICT,
                 "too_many_keys",

@@ -19,7 +19,48 @@ pub(super) struct View {
     pub(super) expires_at: Option<String>,
     pub(super) revoked_at: Option<String>,
     pub(super) allowed_ips: Vec<String>,
+    /// Empty: unrestricted.
+    pub(super) scopes: Vec<String>,
     pub(super) usage: UsageView,
+}
+
+/// An audit event as the API shows it.
+#[derive(Serialize)]
+pub(super) struct EventView {
+    pub(super) id: u64,
+    pub(super) at: String,
+    pub(super) at_ms: u64,
+    pub(super) key_id: Option<String>,
+    pub(super) new_key_id: Option<String>,
+    pub(super) action: &'static str,
+    pub(super) outcome: &'static str,
+    pub(super) reason: Option<String>,
+    pub(super) actor: Option<String>,
+    pub(super) client_ip: Option<IpAddr>,
+    pub(super) changes: Vec<crate::audit::AuditChange>,
+}
+
+impl EventView {
+    pub(super) fn new(entry: crate::audit::AuditEntry) -> EventView {
+        let event = entry.event;
+        EventView {
+            id: entry.id.0,
+            at: rfc3339(event.at),
+            at_ms: crate::clock::millis_since_epoch(event.at),
+            key_id: event.key_id.map(|id| id.to_string()),
+            new_key_id: event.new_key_id.map(|id| id.to_string()),
+            action: event.action.as_str(),
+            outcome: if event.outcome.refusal().is_some() {
+                "refused"
+            } else {
+                "done"
+            },
+            reason: event.outcome.refusal().map(str::to_owned),
+            actor: event.actor,
+            client_ip: event.client_ip,
+            changes: event.changes,
+        }
+    }
 }
 
 #[derive(Serialize)]
