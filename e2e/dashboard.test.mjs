@@ -2,10 +2,13 @@
 //
 //   node e2e/dashboard.test.mjs http://127.0.0.1:PORT [screenshot dir]
 //
-// Create a key and read it from the page, call the protected endpoint with
-// it (200), restrict it to a network that excludes 127.0.0.1 (403), lift the
-// restriction (200), revoke it through the confirmation dialog (401), reload
-// and see it listed as revoked. Exits non-zero on the first failed check;
+// Create a key restricted to the scope lists:read and read it from the
+// page, call the protected endpoint with it (200) and the endpoint that
+// needs emails:verify (403 insufficient_scope), restrict it to a network
+// that excludes 127.0.0.1 (403), lift the restriction (200), grant it
+// emails:verify (200), revoke it through the confirmation dialog (401),
+// reload and see it listed as revoked, and read its history: created,
+// edited three times, revoked. Exits non-zero on the first failed check;
 // screenshots go to the given directory (default target/e2e).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
@@ -18,6 +21,13 @@ mkdirSync(shots, { recursive: true });
 const demo = async (key) => {
   const response = await fetch(`${base}/api/demo`, { headers: { Authorization: `Bearer ${key}` } });
   return response.status;
+};
+
+// The endpoint that needs the scope emails:verify.
+const verify = async (key) => {
+  const response = await fetch(`${base}/api/verify`, { method: "POST", headers: { Authorization: `Bearer ${key}` } });
+  const body = await response.json().catch(() => ({}));
+  return { status: response.status, code: body.code, challenge: response.headers.get("www-authenticate") };
 };
 
 const browser = await chromium.launch({
@@ -40,8 +50,9 @@ try {
   assert.match(await page.locator("#key-ips-error").textContent(), /10\.0\.0\.0\/33/);
   await page.screenshot({ path: `${shots}/01-invalid-ip.png`, fullPage: true });
 
-  step = "create a key";
+  step = "create a key restricted to lists:read";
   await form.getByLabel("IP restrictions").fill("");
+  await form.getByRole("checkbox", { name: "lists:read" }).check();
   await page.getByRole("button", { name: "Create New Key" }).click();
   const field = page.locator("#new-key");
   await field.waitFor({ state: "visible" });
@@ -55,8 +66,14 @@ try {
   assert.ok(!(await page.locator("#keys").textContent()).includes(key.slice(8, 34)), "the table never shows the key");
   await page.screenshot({ path: `${shots}/02-created.png`, fullPage: true });
 
-  step = "the key works";
+  assert.match(await row.locator("td.scopes").textContent(), /^lists:read$/);
+
+  step = "the key works, but not where it lacks the scope";
   assert.equal(await demo(key), 200);
+  const refused = await verify(key);
+  assert.equal(refused.status, 403);
+  assert.equal(refused.code, "insufficient_scope");
+  assert.equal(refused.challenge, 'Bearer realm="api", error="insufficient_scope", scope="emails:verify"');
 
   step = "restrict it to a network without 127.0.0.1";
   await row.getByRole("button", { name: /^Edit/ }).click();
@@ -73,6 +90,13 @@ try {
   await row.locator("td.ips", { hasText: "Any address" }).waitFor();
   assert.equal(await demo(key), 200);
 
+  step = "grant it emails:verify";
+  await row.getByRole("button", { name: /^Edit/ }).click();
+  await page.getByRole("dialog", { name: "Edit key" }).getByRole("checkbox", { name: "emails:verify" }).check();
+  await page.getByRole("button", { name: "Save changes" }).click();
+  await row.locator("td.scopes", { hasText: "emails:verify, lists:read" }).waitFor();
+  assert.equal((await verify(key)).status, 200);
+
   step = "revoke, after a confirmation";
   await row.getByRole("button", { name: /^Revoke/ }).click();
   const dialog = page.getByRole("dialog", { name: "Revoke this key?" });
@@ -88,8 +112,23 @@ try {
   await after.waitFor();
   assert.equal(await after.getAttribute("class"), "revoked");
   assert.match(await after.textContent(), /Revoked/);
-  assert.equal(await after.getByRole("button").count(), 0, "a revoked key has no actions");
+  assert.equal(await after.getByRole("button", { name: /^(Edit|Revoke)/ }).count(), 0, "a revoked key cannot be edited");
   await page.screenshot({ path: `${shots}/05-revoked-after-reload.png`, fullPage: true });
+
+  step = "the key's history: created, edited, revoked";
+  await after.getByRole("button", { name: /^History/ }).click();
+  const history = page.getByRole("dialog", { name: /^History of/ });
+  await history.locator("tr.event").first().waitFor();
+  const actions = await history.locator("tr.event td:nth-child(2)").allTextContents();
+  assert.deepEqual(actions, ["Created", "Edited", "Edited", "Edited", "Revoked"]);
+  const changes = await history.locator("tr.event td:nth-child(5)").allTextContents();
+  assert.match(changes[0], /name: Production - Main Website; scopes: lists:read/);
+  assert.match(changes[3], /scopes: lists:read → emails:verify, lists:read/);
+  assert.match(changes[4], /status: active → revoked/);
+  const from = await history.locator("tr.event td:nth-child(4)").allTextContents();
+  assert.ok(from.every((address) => address === "127.0.0.1"), `every change came from the browser: ${from}`);
+  assert.ok(!(await history.textContent()).includes(key.slice(8, 34)), "the history never shows the key");
+  await page.screenshot({ path: `${shots}/06-history.png`, fullPage: true });
   console.log(`dashboard end-to-end: every step passed; screenshots in ${shots}`);
 } catch (error) {
   await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});

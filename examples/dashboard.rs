@@ -7,12 +7,20 @@
 //! ```
 //!
 //! Settings → API Keys: create a key with a descriptive name (shown once,
-//! with a Copy button), edit its name and IP restrictions, revoke it after a
-//! confirmation (it stays listed, greyed and marked revoked). Try a key on
+//! with a Copy button) and, if it should not do everything, the scopes it
+//! may use; edit its name, IP restrictions and scopes; revoke it after a
+//! confirmation (it stays listed, greyed and marked revoked); open a key's
+//! history: who created, edited, rotated or revoked it, when and from
+//! where. Try a key on
 //!
 //! ```text
 //! curl -i http://127.0.0.1:3000/api/demo -H 'Authorization: Bearer tm_live_…'
+//! curl -i -X POST http://127.0.0.1:3000/api/verify -H 'Authorization: Bearer tm_live_…'
 //! ```
+//!
+//! `/api/demo` takes any valid key; `/api/verify` needs the scope
+//! `emails:verify` (a key restricted to other scopes gets 403
+//! `insufficient_scope`).
 //!
 //! The admin API is reached with a session cookie set when the page is
 //! served — a stand-in for your own login, wired in through `authorize`.
@@ -27,7 +35,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tm_auth::{admin, ApiKeyLayer, AuthenticatedKey, KeyId, KeyManager, MemoryStore};
+use tm_auth::admin::AdminConfig;
+use tm_auth::{
+    admin, ApiKeyLayer, AuthenticatedKey, KeyId, KeyManager, MemoryStore, RequireScopeLayer, Scope,
+};
 
 const PAGE: &str = include_str!("dashboard_assets/index.html");
 const SCRIPT: &str = include_str!("dashboard_assets/app.js");
@@ -55,7 +66,15 @@ fn app(manager: KeyManager, session: Session) -> Router {
     };
     let demo = Router::new()
         .route("/api/demo", get(demo).post(demo))
+        .route(
+            "/api/verify",
+            axum::routing::post(verify).layer(RequireScopeLayer::new("emails:verify")),
+        )
         .layer(ApiKeyLayer::new(manager.clone()));
+    // The scopes this API's routes use: what the dashboard offers.
+    let config = AdminConfig::new().scopes(
+        ["emails:verify", "lists:read", "lists:write"].map(Scope::from_static),
+    );
     Router::new()
         .route("/", get(page))
         .route(
@@ -64,7 +83,7 @@ fn app(manager: KeyManager, session: Session) -> Router {
         )
         .route("/app.css", get(|| asset("text/css; charset=utf-8", STYLE)))
         .with_state(session)
-        .nest("/admin", admin::router(manager, authorize))
+        .nest("/admin", admin::router_with(manager, authorize, config))
         .merge(demo)
 }
 
@@ -89,6 +108,13 @@ async fn demo(key: AuthenticatedKey) -> Json<serde_json::Value> {
     Json(json!({
         "ok": true,
         "message": format!("Authenticated with \"{}\" ({})", key.name(), key.hint()),
+    }))
+}
+
+async fn verify(key: AuthenticatedKey) -> Json<serde_json::Value> {
+    Json(json!({
+        "ok": true,
+        "message": format!("\"{}\" may verify emails", key.name()),
     }))
 }
 

@@ -37,6 +37,33 @@ const showError = (input, element, message) => {
 
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "Never");
 
+// The scopes the API offers (GET /admin/scopes), as checkboxes in both forms.
+let knownScopes = [];
+const scopeBoxes = (fieldset, checked) => {
+  const list = fieldset.querySelector(".scope-list");
+  list.replaceChildren();
+  for (const scope of knownScopes) {
+    const label = document.createElement("label");
+    label.className = "scope";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = scope;
+    box.checked = checked.includes(scope);
+    label.append(box, " ", scope);
+    list.append(label);
+  }
+};
+const checkedScopes = (fieldset) =>
+  [...fieldset.querySelectorAll("input[type=checkbox]:checked")].map((box) => box.value);
+const loadScopes = async () => {
+  try {
+    knownScopes = (await api("GET", "/scopes")).scopes;
+  } catch (error) {
+    $("status").textContent = error.message;
+  }
+  scopeBoxes($("key-scopes"), []);
+};
+
 const render = (keys) => {
   const body = $("keys").querySelector("tbody");
   body.replaceChildren();
@@ -52,6 +79,7 @@ const render = (keys) => {
       when(key.created_at),
       when(key.usage.last_used_at),
       key.allowed_ips.length ? key.allowed_ips.join(", ") : "Any address",
+      key.scopes.length ? key.scopes.join(", ") : "All (unrestricted)",
       String(key.usage.requests),
     ];
     cells.forEach((text, i) => {
@@ -75,12 +103,19 @@ const render = (keys) => {
         cell.textContent = text;
       }
       if (i === 5) cell.className = "ips";
+      if (i === 6) cell.className = "scopes";
       row.append(cell);
     });
     const actions = document.createElement("td");
+    const wrap = document.createElement("div");
+    wrap.className = "row-actions";
+    const history = document.createElement("button");
+    history.type = "button";
+    history.textContent = "History";
+    history.setAttribute("aria-label", `History of ${key.name}`);
+    history.addEventListener("click", () => openHistory(key));
+    wrap.append(history);
     if (key.status === "active") {
-      const wrap = document.createElement("div");
-      wrap.className = "row-actions";
       const edit = document.createElement("button");
       edit.type = "button";
       edit.textContent = "Edit";
@@ -93,8 +128,8 @@ const render = (keys) => {
       revoke.setAttribute("aria-label", `Revoke ${key.name}`);
       revoke.addEventListener("click", () => openRevoke(key));
       wrap.append(edit, revoke);
-      actions.append(wrap);
     }
+    actions.append(wrap);
     row.append(actions);
     body.append(row);
   }
@@ -117,12 +152,14 @@ const refresh = async () => {
   }
 };
 
-// A form's name and IP restriction fields, with their error lines.
+// A form's name, IP restriction and scope fields, with their error lines.
 const fieldsOf = (prefix) => ({
   name: $(`${prefix}-name`),
   nameError: $(`${prefix}-name-error`),
   ips: $(`${prefix}-ips`),
   ipsError: $(`${prefix}-ips-error`),
+  scopes: $(`${prefix}-scopes`),
+  scopesError: $(`${prefix}-scopes-error`),
 });
 
 // Clears old errors and checks the fields here first; the IP entries, or
@@ -130,6 +167,7 @@ const fieldsOf = (prefix) => ({
 const checkFields = (fields, emptyName) => {
   showError(fields.name, fields.nameError, "");
   showError(fields.ips, fields.ipsError, "");
+  showError(fields.scopes, fields.scopesError, "");
   if (!fields.name.value.trim()) {
     showError(fields.name, fields.nameError, emptyName);
     fields.name.focus();
@@ -148,6 +186,8 @@ const checkFields = (fields, emptyName) => {
 const showServerError = (fields, error) => {
   if (error.code === "invalid_ip_restriction" || error.code === "too_many_ip_restrictions") {
     showError(fields.ips, fields.ipsError, error.message);
+  } else if (error.code === "invalid_scope" || error.code === "unknown_scope") {
+    showError(fields.scopes, fields.scopesError, error.message);
   } else if (error.code === "too_many_keys") {
     $("status").textContent = error.message;
   } else {
@@ -165,6 +205,7 @@ $("create-form").addEventListener("submit", async (event) => {
       name: fields.name.value.trim(),
       environment: $("key-environment").value,
       allowed_ips: entries,
+      scopes: checkedScopes(fields.scopes),
     });
     $("new-key").value = created.key;
     $("copy-status").textContent = "";
@@ -172,6 +213,7 @@ $("create-form").addEventListener("submit", async (event) => {
     $("new-key").focus();
     $("new-key").select();
     event.target.reset();
+    scopeBoxes($("key-scopes"), []);
     $("status").textContent = `Created “${created.record.name}”.`;
     await refresh();
   } catch (error) {
@@ -200,8 +242,10 @@ const openEdit = (key) => {
   editing = key;
   $("edit-name").value = key.name;
   $("edit-ips").value = key.allowed_ips.join(", ");
+  scopeBoxes($("edit-scopes"), key.scopes);
   showError($("edit-name"), $("edit-name-error"), "");
   showError($("edit-ips"), $("edit-ips-error"), "");
+  showError($("edit-scopes"), $("edit-scopes-error"), "");
   $("edit-dialog").showModal();
   $("edit-name").focus();
 };
@@ -212,7 +256,11 @@ $("edit-form").addEventListener("submit", async (event) => {
   const entries = checkFields(fields, "A key needs a name.");
   if (entries === null) return;
   try {
-    await api("PATCH", `/keys/${editing.id}`, { name: fields.name.value.trim(), allowed_ips: entries });
+    await api("PATCH", `/keys/${editing.id}`, {
+      name: fields.name.value.trim(),
+      allowed_ips: entries,
+      scopes: checkedScopes(fields.scopes),
+    });
     $("edit-dialog").close();
     $("status").textContent = "Changes saved.";
     await refresh();
@@ -220,6 +268,64 @@ $("edit-form").addEventListener("submit", async (event) => {
     showServerError(fields, error);
   }
 });
+
+// A key's history: every event about it, a page at a time.
+const FIELD_NAMES = {
+  name: "name",
+  allowed_ips: "IP restrictions",
+  scopes: "scopes",
+  rate_limit: "rate limit",
+  expires_at: "expiry",
+  status: "status",
+};
+const ACTION_NAMES = { create: "Created", update: "Edited", rotate: "Rotated", revoke: "Revoked" };
+const describeChange = (change, created) => {
+  const show = (items, field) => {
+    if (field === "expires_at") return items.length ? new Date(Number(items[0])).toLocaleString() : "never";
+    if (items.length) return items.join(", ");
+    if (field === "scopes") return "all (unrestricted)";
+    if (field === "allowed_ips") return "any address";
+    return "none";
+  };
+  const field = FIELD_NAMES[change.field] || change.field;
+  if (created) return `${field}: ${show(change.after, change.field)}`;
+  return `${field}: ${show(change.before, change.field)} → ${show(change.after, change.field)}`;
+};
+const openHistory = async (key) => {
+  $("history-name").textContent = key.name;
+  const body = $("history").querySelector("tbody");
+  body.replaceChildren();
+  $("history-status").textContent = "Loading…";
+  $("history-dialog").showModal();
+  try {
+    const events = [];
+    let path = `/audit?limit=1000&key=${encodeURIComponent(key.id)}`;
+    for (;;) {
+      const page = await api("GET", path);
+      events.push(...page.events);
+      if (page.next === null || page.next === undefined) break;
+      path = `/audit?limit=1000&key=${encodeURIComponent(key.id)}&after=${page.next}`;
+    }
+    for (const event of events) {
+      const row = document.createElement("tr");
+      row.className = `event ${event.action} ${event.outcome}`;
+      let action = ACTION_NAMES[event.action] || event.action;
+      if (event.action === "rotate" && event.new_key_id === key.id) action = "Created by rotation";
+      if (event.outcome === "refused") action = `${action}: refused (${event.reason})`;
+      const created = event.action === "create";
+      const changes = event.changes.map((change) => describeChange(change, created)).join("; ");
+      for (const text of [new Date(event.at_ms).toLocaleString(), action, event.actor || "—", event.client_ip || "—", changes || "—"]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      body.append(row);
+    }
+    $("history-status").textContent = events.length ? "" : "No recorded changes.";
+  } catch (error) {
+    $("history-status").textContent = error.message;
+  }
+};
 
 let revoking = null;
 const openRevoke = (key) => {
@@ -240,5 +346,5 @@ $("revoke-confirm").addEventListener("click", async () => {
   await refresh();
 });
 
-$("origin").textContent = window.location.origin;
-refresh();
+for (const origin of document.querySelectorAll(".origin")) origin.textContent = window.location.origin;
+loadScopes().then(refresh);
