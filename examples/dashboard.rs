@@ -72,9 +72,8 @@ fn app(manager: KeyManager, session: Session) -> Router {
         )
         .layer(ApiKeyLayer::new(manager.clone()));
     // The scopes this API's routes use: what the dashboard offers.
-    let config = AdminConfig::new().scopes(
-        ["emails:verify", "lists:read", "lists:write"].map(Scope::from_static),
-    );
+    let config = AdminConfig::new()
+        .scopes(["emails:verify", "lists:read", "lists:write"].map(Scope::from_static));
     Router::new()
         .route("/", get(page))
         .route(

@@ -8,7 +8,7 @@
 //! [`KeyManager::acting`](crate::KeyManager::acting).
 //!
 //! ```
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tm_auth::ManagerError> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use tm_auth::audit::{Actor, AuditAction, AuditQuery};
 //! use tm_auth::{KeyManager, KeyUpdate, MemoryStore, NewKey};
 //!

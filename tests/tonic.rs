@@ -365,3 +365,46 @@ async fn grpc_web_calls_are_refused_in_grpc_web_form() {
     assert_eq!(response.headers()["content-type"], "application/json");
     assert!(response.headers().get("grpc-status").is_none());
 }
+
+/// A key without the service's scope is refused `PERMISSION_DENIED` with
+/// the code `insufficient_scope`; a key with it, or with no scopes, is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_the_scope_is_permission_denied() {
+    let manager = KeyManager::new(MemoryStore::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let greeter = GreeterServer::new(|request| {
+        Ok(Response::new(HelloReply {
+            message: format!("hello {}", request.get_ref().name),
+        }))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(ApiKeyLayer::new(manager.clone()))
+            .layer(tm_auth::RequireScopeLayer::new("greeter:hello"))
+            .add_service(greeter)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let allowed = manager
+        .create(NewKey::new("acct", "Greeter").scopes(["greeter:hello"]))
+        .await
+        .unwrap();
+    let open = manager.create(NewKey::new("acct", "Open")).await.unwrap();
+    let other = manager
+        .create(NewKey::new("acct", "Lists").scopes(["lists:read"]))
+        .await
+        .unwrap();
+    assert!(call(addr, Some(&bearer(&allowed)), &[]).await.is_ok());
+    assert!(call(addr, Some(&bearer(&open)), &[]).await.is_ok());
+    let status = refused(
+        call(addr, Some(&bearer(&other)), &[]).await,
+        Code::PermissionDenied,
+        "insufficient_scope",
+        "API key lacks the required scope",
+    );
+    assert_eq!(
+        metadata(&status, "www-authenticate"),
+        "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"greeter:hello\""
+    );
+}
