@@ -145,3 +145,76 @@ async fn a_closed_database_fails_closed() {
     assert_eq!(err.code(), "key_store_unavailable");
     assert_eq!(err.status(), 503);
 }
+
+/// A database written before scopes and the audit trail existed (schema
+/// version 1) is migrated on open: its keys are unrestricted and keep
+/// working, and the new key gets its scopes and events.
+#[tokio::test]
+async fn a_version_1_database_is_migrated_and_its_keys_are_unrestricted() {
+    use sqlx::Connection;
+
+    let db = TempDb::new();
+    // What the first release created, and one key written by it.
+    let old = KeyManager::new(tm_auth::MemoryStore::new())
+        .create(NewKey::new("acct_42", "Before scopes"))
+        .await
+        .unwrap();
+    {
+        let url = format!("sqlite://{}?mode=rwc", db.0.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE tm_auth_keys (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB NOT NULL UNIQUE,
+                hash BLOB NOT NULL UNIQUE, owner TEXT NOT NULL, name TEXT NOT NULL,
+                environment TEXT NOT NULL CHECK (environment IN ('live', 'test')),
+                hint TEXT NOT NULL, allowed_ips TEXT NOT NULL, rate_limit_requests INTEGER,
+                rate_limit_window_ms INTEGER, created_at_ms INTEGER NOT NULL,
+                expires_at_ms INTEGER, revoked_at_ms INTEGER);
+             CREATE INDEX tm_auth_keys_by_owner ON tm_auth_keys (owner, seq);
+             CREATE TABLE tm_auth_usage (
+                id BLOB PRIMARY KEY REFERENCES tm_auth_keys (id),
+                requests INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0,
+                expired INTEGER NOT NULL DEFAULT 0, wrong_environment INTEGER NOT NULL DEFAULT 0,
+                ip_not_allowed INTEGER NOT NULL DEFAULT 0, rate_limited INTEGER NOT NULL DEFAULT 0,
+                last_used_at_ms INTEGER, last_used_ip TEXT);
+             PRAGMA user_version = 1;",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let record = &old.record;
+        sqlx::query(
+            "INSERT INTO tm_auth_keys (id, hash, owner, name, environment, hint, allowed_ips,
+                created_at_ms) VALUES (?, ?, ?, ?, 'live', ?, '', 0)",
+        )
+        .bind(record.id.as_u128().to_le_bytes().to_vec())
+        .bind(record.hash.as_bytes().to_vec())
+        .bind(&record.owner)
+        .bind(&record.name)
+        .bind(record.hint.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = SqliteStore::open(&db.0).await.unwrap();
+    let manager = KeyManager::new(store);
+    let who = manager.verify(old.key.expose_secret(), None).await.unwrap();
+    assert_eq!(
+        who.scopes(),
+        [] as [tm_auth::Scope; 0],
+        "an old key is unrestricted"
+    );
+    assert!(who.has_scope("emails:verify"));
+    let new = manager
+        .create(NewKey::new("acct_42", "After").scopes(["lists:read"]))
+        .await
+        .unwrap();
+    let who = manager.verify(new.key.expose_secret(), None).await.unwrap();
+    assert!(!who.has_scope("emails:verify"));
+    let audit = manager
+        .audit("acct_42", tm_auth::audit::AuditQuery::first(10))
+        .await
+        .unwrap();
+    assert_eq!(audit.events.len(), 1, "the creation after the migration");
+}
