@@ -664,4 +664,21 @@ async fn a_store_over_the_callers_pool_migrates_when_asked_and_once() {
             .await
             .unwrap();
     assert_eq!(versions, [1, 2, 3, 4], "each migration ran once");
+    // The audit trail holds the creation, and nobody connected can change it.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM tm_auth_audit")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    for statement in [
+        "UPDATE tm_auth_audit SET actor = 'someone else'",
+        "DELETE FROM tm_auth_audit",
+        "TRUNCATE tm_auth_audit",
+    ] {
+        let err = sqlx::query(statement)
+            .execute(store.pool())
+            .await
+            .expect_err(statement);
+        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+    }
 }
