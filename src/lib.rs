@@ -10,8 +10,12 @@
 //!   [`KeyHash`]; never printed by `Debug` or `Display`, compared in
 //!   constant time, zeroed on drop.
 //! - **Management** ([`KeyManager`]): many named keys per account, edits of
-//!   name and IP restrictions, revocation that works on the very next
-//!   request, rotation with a grace period.
+//!   name, IP restrictions and scopes, revocation that works on the very
+//!   next request, rotation with a grace period, and an [`audit`] trail of
+//!   every change: who, from where, when, before and after.
+//! - **Scopes** ([`Scope`], [`RequireScopeLayer`]): what a key may do; a
+//!   route that needs a scope the key lacks answers 403
+//!   `insufficient_scope`.
 //! - **Storage** ([`KeyStore`]): the in-memory [`MemoryStore`], or your own.
 //! - **Usage** ([`usage`]): per-key counts, per-minute history, spike and
 //!   new-address alerts, per-key rate limits ([`RateLimit`]) answered with 429.
@@ -44,7 +48,10 @@
 //!
 //! - `axum`: [`AuthenticatedKey`] as an axum extractor, and the client IP
 //!   read from axum's `ConnectInfo<SocketAddr>`.
-//! - `serde`: `Serialize`/`Deserialize` for ids, hints, environments and statuses.
+//! - `serde`: `Serialize`/`Deserialize` for ids, hints, environments,
+//!   statuses, scopes and audit fields.
+//! - `admin`: `admin::router`, a JSON key management API (axum) with the
+//!   audit trail.
 //! - `sqlite`: `store::sqlite::SqliteStore`, keys in an SQLite file.
 //! - `postgres`: `store::postgres::PostgresStore`, keys shared by many servers.
 //! - `redis`: `redis_limiter::RedisLimiter`, one rate limit per key across
