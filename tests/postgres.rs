@@ -679,6 +679,9 @@ async fn a_store_over_the_callers_pool_migrates_when_asked_and_once() {
             .execute(store.pool())
             .await
             .expect_err(statement);
-        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
     }
 }

@@ -995,6 +995,13 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     outputs.into_iter().flatten().collect()
 }
 
+/// Adds a check's failure, if it failed, to `failures`.
+fn note(failures: &mut Vec<Failure>, check: &'static str, outcome: Outcome) {
+    if let Err(problem) = outcome {
+        failures.push(Failure { check, problem });
+    }
+}
+
 /// Runs every check, each on a fresh store from `fresh`, and reports all
 /// failures.
 pub async fn run<S, F, Fut>(mut fresh: F) -> Result<(), Failures>
@@ -1007,12 +1014,7 @@ where
     macro_rules! check {
         ($name:ident) => {{
             let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
-            if let Err(problem) = $name(&*store).await {
-                failures.push(Failure {
-                    check: stringify!($name),
-                    problem,
-                });
-            }
+            note(&mut failures, stringify!($name), $name(&*store).await);
         }};
     }
     check!(round_trip);
@@ -1035,12 +1037,7 @@ where
                     store: usage,
                     keys: Some(&*store),
                 };
-                if let Err(problem) = $name(usage).await {
-                    failures.push(Failure {
-                        check: stringify!($name),
-                        problem,
-                    });
-                }
+                note(&mut failures, stringify!($name), $name(usage).await);
             }
         }};
     }
@@ -1052,12 +1049,7 @@ where
             // A store that keeps no audit trail is checked by `run_audit`,
             // on the audit store it is used with.
             if let Some(audit) = store.audit_store() {
-                if let Err(problem) = $name(audit).await {
-                    failures.push(Failure {
-                        check: stringify!($name),
-                        problem,
-                    });
-                }
+                note(&mut failures, stringify!($name), $name(audit).await);
             }
         }};
     }
@@ -1066,12 +1058,11 @@ where
     check!(answers_now_agree);
     check!(update_racing_revoke_is_reported_truly);
     let store: Arc<dyn KeyStore> = Arc::new(fresh().await);
-    if let Err(problem) = concurrency_loses_nothing(store).await {
-        failures.push(Failure {
-            check: "concurrency_loses_nothing",
-            problem,
-        });
-    }
+    note(
+        &mut failures,
+        "concurrency_loses_nothing",
+        concurrency_loses_nothing(store).await,
+    );
     Failures::outcome(failures)
 }
 
@@ -1100,12 +1091,7 @@ where
                 store: &store,
                 keys: None,
             };
-            if let Err(problem) = $name(usage).await {
-                failures.push(Failure {
-                    check: stringify!($name),
-                    problem,
-                });
-            }
+            note(&mut failures, stringify!($name), $name(usage).await);
         }};
     }
     check!(usage_adds_up);
@@ -1134,12 +1120,7 @@ where
     macro_rules! check {
         ($name:ident) => {{
             let store = fresh().await;
-            if let Err(problem) = $name(&store).await {
-                failures.push(Failure {
-                    check: stringify!($name),
-                    problem,
-                });
-            }
+            note(&mut failures, stringify!($name), $name(&store).await);
         }};
     }
     check!(audit_keeps_every_field);

@@ -193,7 +193,14 @@ where
     let id: Vec<u8> = row
         .try_get("id")
         .map_err(|_| corrupt("a column is missing or has the wrong type"))?;
-    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("id is not 16 bytes"))?;
+    id_of(id)
+}
+
+/// The key id stored as these bytes.
+fn id_of(bytes: Vec<u8>) -> Result<KeyId, StoreError> {
+    let id: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| corrupt("id is not 16 bytes"))?;
     Ok(KeyId::from_u128(u128::from_le_bytes(id)))
 }
 
@@ -240,12 +247,7 @@ where
     let get_err = |_| corrupt("an audit column is missing or has the wrong type");
     let key = |name: &str| -> Result<Option<KeyId>, StoreError> {
         let bytes: Option<Vec<u8>> = row.try_get(name).map_err(get_err)?;
-        bytes
-            .map(|b| {
-                let b: [u8; 16] = b.try_into().map_err(|_| corrupt("id is not 16 bytes"))?;
-                Ok(KeyId::from_u128(u128::from_le_bytes(b)))
-            })
-            .transpose()
+        bytes.map(id_of).transpose()
     };
     let seq: i64 = row.try_get("seq").map_err(get_err)?;
     let action: String = row.try_get("action").map_err(get_err)?;
