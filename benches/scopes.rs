@@ -6,7 +6,8 @@
 //! cargo bench --bench scopes
 //! ```
 //!
-//! Groups (`scopes/100k`), each drawing a random key of its store:
+//! Groups (`scopes/1k`, held in the processor's caches, and `scopes/100k`,
+//! which are not), each drawing a random key of its store:
 //! - `verify/unscoped`, `verify/scoped`: `KeyManager::verify`.
 //! - `verify_and_check/unscoped`, `verify_and_check/scoped`: the same and
 //!   `AuthenticatedKey::has_scope("emails:verify")`, what
@@ -23,15 +24,17 @@ use tm_auth::{KeyManager, MemoryStore, NewKey};
 mod common;
 use common::{ready, verdict, Chain};
 
-const KEYS: usize = 100_000;
-
-/// A manager over `KEYS` keys, ten to an owner, each with `scopes`, every
+/// A manager over `keys` keys, ten to an owner, each with `scopes`, every
 /// key used once (steady state); their secrets.
-fn store(runtime: &tokio::runtime::Runtime, scopes: &[&str]) -> (KeyManager, Vec<String>) {
+fn store(
+    runtime: &tokio::runtime::Runtime,
+    keys: usize,
+    scopes: &[&str],
+) -> (KeyManager, Vec<String>) {
     let manager = KeyManager::new(MemoryStore::new());
     let secrets = runtime.block_on(async {
-        let mut secrets = Vec::with_capacity(KEYS);
-        for i in 0..KEYS {
+        let mut secrets = Vec::with_capacity(keys);
+        for i in 0..keys {
             let new = NewKey::new(
                 format!("acct_{:07}", i / 10),
                 format!("Production - Website {i:04}"),
@@ -56,41 +59,47 @@ fn scopes(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let sides = [
-        ("unscoped", store(&runtime, &[])),
-        (
-            "scoped",
-            store(&runtime, &["emails:verify", "lists:read", "lists:write"]),
-        ),
-    ];
-    let _guard = runtime.enter();
-    let mut group = c.benchmark_group("scopes/100k");
-    for (label, (manager, secrets)) in &sides {
-        let mut chain = Chain::new(secrets);
-        let mut feedback = 0;
-        group.bench_function(BenchmarkId::new("verify", label), |b| {
-            b.iter(|| {
-                let secret = chain.next(feedback);
-                let who = ready(manager.verify(secret, None));
-                feedback = verdict(&who);
-                black_box(who)
-            })
-        });
+    for (size, keys) in [("1k", 1_000), ("100k", 100_000)] {
+        let sides = [
+            ("unscoped", store(&runtime, keys, &[])),
+            (
+                "scoped",
+                store(
+                    &runtime,
+                    keys,
+                    &["emails:verify", "lists:read", "lists:write"],
+                ),
+            ),
+        ];
+        let _guard = runtime.enter();
+        let mut group = c.benchmark_group(format!("scopes/{size}"));
+        for (label, (manager, secrets)) in &sides {
+            let mut chain = Chain::new(secrets);
+            let mut feedback = 0;
+            group.bench_function(BenchmarkId::new("verify", label), |b| {
+                b.iter(|| {
+                    let secret = chain.next(feedback);
+                    let who = ready(manager.verify(secret, None));
+                    feedback = verdict(&who);
+                    black_box(who)
+                })
+            });
+        }
+        for (label, (manager, secrets)) in &sides {
+            let mut chain = Chain::new(secrets);
+            let mut feedback = 0;
+            group.bench_function(BenchmarkId::new("verify_and_check", label), |b| {
+                b.iter(|| {
+                    let secret = chain.next(feedback);
+                    let who = ready(manager.verify(secret, None));
+                    let allowed = who.as_ref().is_ok_and(|who| who.has_scope("emails:verify"));
+                    feedback = verdict(&who) + u64::from(allowed);
+                    black_box(who)
+                })
+            });
+        }
+        group.finish();
     }
-    for (label, (manager, secrets)) in &sides {
-        let mut chain = Chain::new(secrets);
-        let mut feedback = 0;
-        group.bench_function(BenchmarkId::new("verify_and_check", label), |b| {
-            b.iter(|| {
-                let secret = chain.next(feedback);
-                let who = ready(manager.verify(secret, None));
-                let allowed = who.as_ref().is_ok_and(|who| who.has_scope("emails:verify"));
-                feedback = verdict(&who) + u64::from(allowed);
-                black_box(who)
-            })
-        });
-    }
-    group.finish();
 }
 
 criterion_group! {

@@ -187,6 +187,16 @@ where
     Ok(scopes)
 }
 
+/// The scopes joined by spaces (RFC 6749 §3.3's form): how the SQL stores
+/// keep them and how an in-memory entry scans them.
+pub(crate) fn joined(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Whether a key with `scopes` may do what `required` names: an
 /// unrestricted key (no scopes) may do anything.
 pub(crate) fn grants(scopes: &[Scope], required: &str) -> bool {

@@ -20,6 +20,7 @@ use crate::record::KeyRecord;
 use crate::scope::Scope;
 use crate::store::memory::fast::Seal;
 use crate::store::memory::Entry;
+use crate::store::memory::Restrictions;
 use crate::store::memory::StoredKeyRef;
 use crate::store::StoreError;
 use crate::usage::{Rejection, Subject};
@@ -76,7 +77,7 @@ pub struct AuthenticatedKey {
     name: OnceLock<Arc<str>>,
     /// The scopes, read from an in-memory entry when first asked for
     /// (`None`: unrestricted).
-    scopes: OnceLock<Option<Arc<Vec<Scope>>>>,
+    scopes: OnceLock<Option<Arc<Restrictions>>>,
     rate_limit: Option<RateLimitStatus>,
 }
 
@@ -216,7 +217,7 @@ impl AuthenticatedKey {
                 .scopes
                 .get_or_init(|| entry.entry().scopes())
                 .as_deref()
-                .map_or(&[], Vec::as_slice),
+                .map_or(&[], Restrictions::list),
         }
     }
 
@@ -237,7 +238,17 @@ impl AuthenticatedKey {
     /// # Ok(()) }
     /// ```
     pub fn has_scope(&self, scope: &str) -> bool {
-        crate::scope::grants(self.scopes(), scope)
+        match &self.record {
+            Found::Record(record) => record.has_scope(scope),
+            // Read in place, as the key is now (unless `scopes` already
+            // read them: then the same answer as that list).
+            Found::Stored(entry) => match self.scopes.get() {
+                Some(set) => set
+                    .as_deref()
+                    .is_none_or(|set| crate::scope::grants(set.list(), scope)),
+                None => entry.entry().has_scope(scope),
+            },
+        }
     }
 }
 

@@ -20,7 +20,6 @@ use crate::key::KeyId;
 use crate::key::{Environment, KeyHash, KeyHint};
 use crate::rate_limit::RateLimit;
 use crate::record::KeyRecord;
-use crate::scope::Scope;
 
 pub(crate) fn backend(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::backend(err)
@@ -80,15 +79,6 @@ pub(crate) fn allowlist_text(networks: &[IpNetwork]) -> String {
 /// The columns every key query selects, in the order `record_from` reads them.
 pub(crate) const COLUMNS: &str = "id, hash, owner, name, environment, hint, allowed_ips, rate_limit_requests, \
                                   rate_limit_window_ms, created_at_ms, expires_at_ms, revoked_at_ms, scopes";
-
-/// The scopes as one space-separated text.
-pub(crate) fn scopes_text(scopes: &[Scope]) -> String {
-    scopes
-        .iter()
-        .map(Scope::as_str)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 /// A stored key row, read the same way from SQLite and PostgreSQL: anything
 /// that does not parse is a `Backend` error naming what, never a panic.
@@ -180,7 +170,7 @@ where
         .bind(to_ms(record.created_at))
         .bind(record.expires_at.map(to_ms))
         .bind(record.revoked_at.map(to_ms))
-        .bind(scopes_text(&record.scopes))
+        .bind(crate::scope::joined(&record.scopes))
 }
 
 /// The key id in a row's `id` column.
@@ -538,7 +528,7 @@ where
             .bind(limit.flatten().map(|l| i64::from(l.requests())))
             .bind(limit.flatten().map(|l| count(l.window_ms())))
             .bind(id_bytes(id))
-            .bind(update.scopes.as_deref().map(scopes_text))
+            .bind(update.scopes.as_deref().map(crate::scope::joined))
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;

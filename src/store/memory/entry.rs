@@ -36,6 +36,8 @@ const NEVER: i64 = i64::MAX;
 
 const TEST_KEY: u32 = 1;
 const HAS_ALLOWLIST: u32 = 2;
+/// The key has scopes (without them it is unrestricted).
+const HAS_SCOPES: u32 = 8;
 /// The hint's environment, apart from the key's: a record a store was
 /// given comes back exactly as it was, even one that disagrees with itself.
 const TEST_HINT: u32 = 4;
@@ -80,6 +82,9 @@ impl Hot {
         }
         if !record.allowed_ips.is_empty() {
             flags |= HAS_ALLOWLIST;
+        }
+        if !record.scopes.is_empty() {
+            flags |= HAS_SCOPES;
         }
         if record.hint.environment() == Environment::Test {
             flags |= TEST_HINT;
@@ -157,9 +162,8 @@ pub(crate) struct Cold {
     id: KeyId,
     created_ns: i64,
     owner: Arc<str>,
-    allowed: ArcSwapOption<Vec<IpNetwork>>,
-    /// The scopes; `None` for an unrestricted key.
-    scopes: ArcSwapOption<Vec<Scope>>,
+    /// The allowlist and the scopes; `None` when the key has neither.
+    restrictions: ArcSwapOption<Restrictions>,
     /// The name; its lock is also the key's write lock, so changes to one
     /// key apply one at a time and a snapshot sees a whole one.
     name: Mutex<Name>,
@@ -171,14 +175,14 @@ pub(crate) struct Cold {
 
 impl Cold {
     pub(super) fn new(record: &KeyRecord, owner: Arc<str>) -> Cold {
-        let allowed =
-            (!record.allowed_ips.is_empty()).then(|| Arc::new(record.allowed_ips.clone()));
         Cold {
             id: record.id,
             created_ns: to_nanos(record.created_at),
             owner,
-            allowed: ArcSwapOption::new(allowed),
-            scopes: ArcSwapOption::new(shared_scopes(&record.scopes)),
+            restrictions: ArcSwapOption::new(Restrictions::shared(
+                &record.allowed_ips,
+                &record.scopes,
+            )),
             name: Mutex::new(Name::new(&record.name)),
             next_of_owner: AtomicU32::new(0),
             hint_last: record.hint.last_bytes(),
@@ -193,8 +197,62 @@ impl Cold {
     }
 }
 
-fn shared_scopes(scopes: &[Scope]) -> Option<Arc<Vec<Scope>>> {
-    (!scopes.is_empty()).then(|| Arc::new(scopes.to_vec()))
+/// Scopes joined by spaces this long or shorter are kept in the set itself.
+const INLINE_SCOPES: usize = 103;
+
+/// What restricts a key besides its hot fields, replaced as one so a key
+/// pays one pointer for both: its allowlist, and its scopes — the sorted
+/// list and, when they are short enough (most keys'), the same joined by
+/// spaces inside this allocation, which a scope check scans without
+/// following a pointer for each scope. The joined text comes first, in a
+/// block of its own: a check of up to 63 characters of scopes reads one
+/// cache line.
+#[repr(C, align(64))]
+pub(crate) struct Restrictions {
+    joined_len: u8,
+    joined: [u8; INLINE_SCOPES],
+    list: Vec<Scope>,
+    allowed: Vec<IpNetwork>,
+}
+
+impl Restrictions {
+    /// `None` for a key with neither an allowlist nor scopes.
+    fn shared(allowed: &[IpNetwork], scopes: &[Scope]) -> Option<Arc<Restrictions>> {
+        (!allowed.is_empty() || !scopes.is_empty())
+            .then(|| Arc::new(Restrictions::new(allowed, scopes)))
+    }
+
+    fn new(allowed: &[IpNetwork], scopes: &[Scope]) -> Restrictions {
+        let mut set = Restrictions {
+            list: scopes.to_vec(),
+            allowed: allowed.to_vec(),
+            joined_len: 0,
+            joined: [0; INLINE_SCOPES],
+        };
+        let text = crate::scope::joined(scopes);
+        if let Ok(len) = u8::try_from(text.len()) {
+            if text.len() <= INLINE_SCOPES {
+                set.joined[..text.len()].copy_from_slice(text.as_bytes());
+                set.joined_len = len;
+            }
+        }
+        set
+    }
+
+    /// The scopes (empty: unrestricted).
+    pub(crate) fn list(&self) -> &[Scope] {
+        &self.list
+    }
+
+    /// Whether `scope` is one of the key's scopes.
+    fn contains(&self, scope: &str) -> bool {
+        if self.joined_len == 0 {
+            return crate::scope::grants(&self.list, scope);
+        }
+        self.joined[..usize::from(self.joined_len)]
+            .split(|b| *b == b' ')
+            .any(|s| s == scope.as_bytes())
+    }
 }
 
 /// Where a key's cold part is: right beside its hot part, or at its
@@ -250,10 +308,10 @@ impl<'a> Entry<'a> {
             revoked_at: self.revoked_at(),
             expires_at: self.expires_at(),
             allowed_ips: cold
-                .allowed
+                .restrictions
                 .load()
                 .as_ref()
-                .map_or_else(Vec::new, |list| list.to_vec()),
+                .map_or_else(Vec::new, |r| r.allowed.clone()),
             rate_limit: self.rate_limit(),
             id: cold.id,
             environment: self.environment(),
@@ -262,18 +320,35 @@ impl<'a> Entry<'a> {
             name: name.as_str().to_owned(),
             created_at: from_nanos(cold.created_ns),
             scopes: cold
-                .scopes
+                .restrictions
                 .load()
                 .as_ref()
-                .map_or_else(Vec::new, |set| set.to_vec()),
+                .map_or_else(Vec::new, |r| r.list.clone()),
         }
     }
 
     /// The key's scopes as they are now; `None` for an unrestricted key.
-    pub(crate) fn scopes(self) -> Option<Arc<Vec<Scope>>> {
-        // `SeqCst`, like the store in `update`: a verification that starts
-        // after a narrowing returned sees the narrower set.
-        self.cold().scopes.load_full()
+    pub(crate) fn scopes(self) -> Option<Arc<Restrictions>> {
+        if self.hot.flags.load(Ordering::SeqCst) & HAS_SCOPES == 0 {
+            return None;
+        }
+        self.cold()
+            .restrictions
+            .load_full()
+            .filter(|r| !r.list.is_empty())
+    }
+
+    /// Whether the key may do what `scope` names, as it is now: an
+    /// unrestricted key reads nothing beyond its flags.
+    pub(crate) fn has_scope(self, scope: &str) -> bool {
+        if self.hot.flags.load(Ordering::SeqCst) & HAS_SCOPES == 0 {
+            return true;
+        }
+        match &*self.cold().restrictions.load() {
+            Some(r) if !r.list.is_empty() => r.contains(scope),
+            // Widened between the two reads.
+            _ => true,
+        }
     }
 
     pub(crate) fn id(self) -> KeyId {
@@ -344,9 +419,10 @@ impl<'a> Entry<'a> {
         if self.hot.flags.load(Ordering::SeqCst) & HAS_ALLOWLIST == 0 {
             return true;
         }
-        match &*self.cold().allowed.load() {
-            Some(list) => ip_allowed(list, client_ip),
-            None => true,
+        match &*self.cold().restrictions.load() {
+            Some(r) if !r.allowed.is_empty() => ip_allowed(&r.allowed, client_ip),
+            // Lifted between the two reads.
+            _ => true,
         }
     }
 
@@ -376,7 +452,7 @@ impl<'a> Entry<'a> {
                     .store(limit.map_or(0, RateLimit::to_word), Ordering::SeqCst);
             }
             if let Some(scopes) = &update.scopes {
-                self.cold().scopes.store(shared_scopes(scopes));
+                self.set_scopes(scopes);
             }
             if let Some(at) = update.expires_at {
                 self.hot
@@ -393,10 +469,10 @@ impl<'a> Entry<'a> {
             *name = Name::new(&record.name);
         }
         self.set_allowlist(&record.allowed_ips);
-        let scopes = self.cold().scopes.load();
-        if scopes.as_deref().map_or(&[][..], |s| s.as_slice()) != record.scopes.as_slice() {
+        let scopes = self.cold().restrictions.load();
+        if scopes.as_deref().map_or(&[][..], Restrictions::list) != record.scopes.as_slice() {
             drop(scopes);
-            self.cold().scopes.store(shared_scopes(&record.scopes));
+            self.set_scopes(&record.scopes);
         }
         let limit = record.rate_limit.map_or(0, RateLimit::to_word);
         self.hot.rate_limit.store(limit, Ordering::SeqCst);
@@ -413,16 +489,39 @@ impl<'a> Entry<'a> {
     }
 
     /// With the write lock held.
+    fn set_scopes(self, scopes: &[Scope]) {
+        let allowed = self.current(|r| r.allowed.clone());
+        self.restrict(&allowed, scopes, HAS_SCOPES, !scopes.is_empty());
+    }
+
+    /// With the write lock held.
     fn set_allowlist(self, allowed: &[IpNetwork]) {
-        let cold = self.cold();
-        if allowed.is_empty() {
-            self.hot.flags.fetch_and(!HAS_ALLOWLIST, Ordering::SeqCst);
-            cold.allowed.store(None);
-        } else {
-            // The list before the flag: a verification that sees the flag
-            // finds the list.
-            cold.allowed.store(Some(Arc::new(allowed.to_vec())));
-            self.hot.flags.fetch_or(HAS_ALLOWLIST, Ordering::SeqCst);
+        let scopes = self.current(|r| r.list.clone());
+        self.restrict(allowed, &scopes, HAS_ALLOWLIST, !allowed.is_empty());
+    }
+
+    /// A part of the restrictions as they are (empty when there are none).
+    fn current<T: Default>(self, part: impl FnOnce(&Restrictions) -> T) -> T {
+        self.cold()
+            .restrictions
+            .load()
+            .as_deref()
+            .map(part)
+            .unwrap_or_default()
+    }
+
+    /// Replaces the restrictions and sets or clears `flag`. Lifting a
+    /// restriction clears its flag first; adding one stores it first: a
+    /// check that sees the flag finds what it marks.
+    fn restrict(self, allowed: &[IpNetwork], scopes: &[Scope], flag: u32, on: bool) {
+        if !on {
+            self.hot.flags.fetch_and(!flag, Ordering::SeqCst);
+        }
+        self.cold()
+            .restrictions
+            .store(Restrictions::shared(allowed, scopes));
+        if on {
+            self.hot.flags.fetch_or(flag, Ordering::SeqCst);
         }
     }
 
@@ -663,8 +762,8 @@ pub(super) mod tests {
         assert_eq!(std::mem::size_of::<AlignedHot>(), 128);
         assert_eq!(std::mem::align_of::<AlignedHot>(), 128);
         // Unused keys pay for this with the hot part (BENCHMARKS.md's
-        // memory row): 104 bytes, 112 in the slab's list.
-        assert_eq!(std::mem::size_of::<Cold>(), 104);
+        // memory row): 96 bytes, 104 in the slab's list.
+        assert_eq!(std::mem::size_of::<Cold>(), 96);
         let slab = Slab::new();
         for _ in 0..3 {
             slab.push(&record(), Arc::from("acct"));
@@ -745,6 +844,36 @@ pub(super) mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(10)),
             "an expiry never moves later"
         );
+    }
+
+    #[test]
+    fn scope_checks_follow_changes_and_long_sets() {
+        let stored = StoredKey::new(record());
+        let entry = stored.entry();
+        assert!(entry.has_scope("emails:verify") && entry.has_scope("lists:read"));
+        assert!(!entry.has_scope("lists") && !entry.has_scope("lists:write"));
+        let set = |list: &[&str]| StoreUpdate {
+            scopes: Some(crate::scope::scope_set(list).unwrap()),
+            ..StoreUpdate::default()
+        };
+        stored.update(&set(&["lists:read"]));
+        assert!(!entry.has_scope("emails:verify"), "narrowed in place");
+        stored.update(&set(&[]));
+        assert!(entry.has_scope("anything"), "no scopes: unrestricted");
+        assert!(entry.scopes().is_none());
+        // Too long to keep joined inline: checked on the list.
+        let long: Vec<String> = (0..20).map(|i| format!("scope.number.{i:02}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let after = stored.update(&set(&long));
+        assert_eq!(after.scopes.len(), 20);
+        assert!(entry.has_scope("scope.number.07") && !entry.has_scope("scope.number.20"));
+        assert!(!entry.has_scope("scope.number"), "whole scopes only");
+        let short = StoredKey::new(KeyRecord {
+            scopes: crate::scope::scope_set(["a", "ab", "abc"]).unwrap(),
+            ..record()
+        });
+        assert!(short.entry().has_scope("ab"));
+        assert!(!short.entry().has_scope("a b") && !short.entry().has_scope(""));
     }
 
     #[test]

@@ -20,8 +20,8 @@ use super::{
 use crate::key::KeyHash;
 use crate::key::KeyId;
 use crate::record::KeyRecord;
-pub(crate) use entry::Entry;
 pub(crate) use entry::StoredKey;
+pub(crate) use entry::{Entry, Restrictions};
 pub(crate) use fast::StoredKeyRef;
 use fast::{FastLookup, Seal};
 use index::{hash_slot, id_slot, Index, MIN_SLOTS};
