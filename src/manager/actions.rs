@@ -110,39 +110,22 @@ impl KeyManager {
         };
         match &result {
             Ok(created) => {
-                let blank = KeyRecord {
-                    allowed_ips: Vec::new(),
-                    scopes: Vec::new(),
-                    rate_limit: None,
-                    expires_at: None,
-                    ..created.record.clone()
-                };
-                let mut changes = crate::audit::changes(
-                    &blank,
-                    &created.record,
-                    &[
-                        AuditField::AllowedIps,
-                        AuditField::Scopes,
-                        AuditField::RateLimit,
-                    ],
-                    self.now(),
-                );
-                changes.insert(
-                    0,
-                    AuditChange {
-                        field: AuditField::Name,
-                        before: Vec::new(),
-                        after: vec![created.record.name.clone()],
-                    },
-                );
-                if created.record.expires_at.is_some() {
-                    changes.extend(crate::audit::changes(
-                        &blank,
-                        &created.record,
-                        &[AuditField::ExpiresAt],
-                        self.now(),
-                    ));
-                }
+                // A new key's starting values, each field that has one.
+                let changes = [
+                    AuditField::Name,
+                    AuditField::AllowedIps,
+                    AuditField::Scopes,
+                    AuditField::RateLimit,
+                    AuditField::ExpiresAt,
+                ]
+                .into_iter()
+                .map(|field| AuditChange {
+                    field,
+                    before: Vec::new(),
+                    after: crate::audit::field_value(&created.record, field, self.now()),
+                })
+                .filter(|change| !change.after.is_empty())
+                .collect();
                 self.audit_event(
                     actor,
                     &new.owner,

@@ -119,6 +119,9 @@ impl StoreUpdate {
 /// own ([`UsageStore`]). The rules every implementation must keep, which the
 /// [conformance kit](crate::store::conformance) checks:
 ///
+/// - Every field of a record comes back as it was stored, the scopes
+///   included: a store that dropped them would turn a restricted key into
+///   an unrestricted one.
 /// - `insert` fails with [`StoreError::Conflict`] if the id or hash exists.
 /// - `list_by_owner` returns records in insertion order.
 /// - `update` never changes a revoked record and never lengthens an expiry
