@@ -305,10 +305,7 @@ pub(crate) fn field_value(record: &KeyRecord, field: AuditField, now: SystemTime
         AuditField::Name => vec![record.name.clone()],
         AuditField::AllowedIps => record.allowed_ips.iter().map(|n| n.to_string()).collect(),
         AuditField::Scopes => record.scopes.iter().map(|s| s.to_string()).collect(),
-        AuditField::RateLimit => record
-            .rate_limit
-            .map(|l| vec![format!("{}/{}ms", l.requests(), l.window_ms())])
-            .unwrap_or_default(),
+        AuditField::RateLimit => rate_limit_items(record.rate_limit),
         AuditField::ExpiresAt => record
             .expires_at
             .map(|at| vec![crate::clock::millis_since_epoch(at).to_string()])
@@ -319,6 +316,13 @@ pub(crate) fn field_value(record: &KeyRecord, field: AuditField, now: SystemTime
             crate::KeyStatus::Revoked => "revoked".to_owned(),
         }],
     }
+}
+
+/// A rate limit as audit text: `requests/window_ms`, none for no limit.
+pub(crate) fn rate_limit_items(limit: Option<crate::RateLimit>) -> Vec<String> {
+    limit
+        .map(|l| vec![format!("{}/{}ms", l.requests(), l.window_ms())])
+        .unwrap_or_default()
 }
 
 /// The fields that differ between `before` and `after`, among `fields`.

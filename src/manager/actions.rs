@@ -256,12 +256,7 @@ impl KeyManager {
                 push(AuditField::Scopes, scopes.clone());
             }
             if let Some(limit) = update.rate_limit {
-                push(
-                    AuditField::RateLimit,
-                    limit
-                        .map(|l| vec![format!("{}/{}ms", l.requests(), l.window_ms())])
-                        .unwrap_or_default(),
-                );
+                push(AuditField::RateLimit, crate::audit::rate_limit_items(limit));
             }
             changes
         };
